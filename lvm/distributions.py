@@ -1,0 +1,29 @@
+"""Small, numerically stable pieces of probability the models share (all in nats)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def reparameterize(mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps, eps ~ N(0, I): a sample whose gradient flows into mu and sigma."""
+    return mu + log_std.exp() * torch.randn_like(mu)
+
+
+def gaussian_kl(mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) in closed form, summed over the last dimension."""
+    return 0.5 * (mu.pow(2) + (2 * log_std).exp() - 1.0 - 2 * log_std).sum(-1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mu, sigma^2), elementwise (not summed)."""
+    return -0.5 * (((x - mu) * torch.exp(-log_std)) ** 2 + LOG_2PI) - log_std
+
+
+def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
+    """log N(x; 0, 1), elementwise."""
+    return -0.5 * (x.pow(2) + LOG_2PI)

@@ -1,0 +1,153 @@
+"""What `lvm run` does for every model: load data, train with the one trainer, let the model
+write its figures, and record `metrics.json`. Also: rebuilding a trained model from its
+checkpoint in one call (`load_model`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lvm import data as datasets
+from lvm import registry
+from lvm.data import DataInfo
+from lvm.errors import UserError
+from lvm.plotting import plot_training
+from lvm.train import History, TrainConfig, load_checkpoint, resolve_device
+from lvm.train import fit as train_fit
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Atomic JSON write (temporary file + rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def fit(
+    model: nn.Module,
+    name: str,
+    model_config: dict[str, Any],
+    train: torch.Tensor,
+    test: torch.Tensor,
+    info: DataInfo,
+    cfg: TrainConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    stage: str = "",
+    labels: dict[str, str] | None = None,
+) -> History:
+    """Train with the shared trainer and write `[stage_]checkpoint.pt`, `[stage_]history.json`
+    and `[stage_]train_plot.png` into `out`."""
+    prefix = f"{stage}_" if stage else ""
+    meta = {"model": name, "config": model_config, "data": asdict(info), "stage": stage}
+    history = train_fit(
+        model, train, test, cfg,
+        checkpoint=out / f"{prefix}checkpoint.pt", resume=resume, meta=meta, desc=stage or name,
+    )
+    write_json(out / f"{prefix}history.json", asdict(history))
+    plot_training(history.train, history.test, out / f"{prefix}train_plot.png",
+                  title=f"{name}{' ' + stage if stage else ''} on {info.name}", labels=labels)
+    return history
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".lvm-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+
+
+def run(
+    model: str,
+    dataset: str | None = None,
+    *,
+    out: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    resume: bool = False,
+    download: bool = True,
+    options: dict[str, Any] | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train `model` on `dataset` with its default budget changed by `overrides` (TrainConfig
+    fields), write its figures and `metrics.json` to `out`, and return the metrics."""
+    entry = registry.get(model)
+    dataset = dataset or entry.default_dataset
+    src = datasets.source(dataset)
+    if src.kind not in entry.kinds:
+        fits = [n for n, s in datasets.DATASETS.items() if s.kind in entry.kinds]
+        raise UserError(f"model '{model}' does not train on '{dataset}'; choose one of: {', '.join(fits)}")
+    options = {k: v for k, v in (options or {}).items() if v is not None}
+    unknown = sorted(set(options) - set(entry.options))
+    if unknown:
+        raise UserError(f"model '{model}' takes no option {', '.join('--' + u.replace('_', '-') for u in unknown)}")
+    cfg = replace(entry.train, **{k: v for k, v in overrides.items() if v is not None})
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    data = datasets.load(dataset, data_dir, train_limit, test_limit, download=download)
+    out = Path(out) if out else Path("figures") / model / dataset
+    _check_writable(out)  # only now, after every input was checked: bad input writes nothing
+
+    start = time.perf_counter()
+    result = entry.run(data, cfg, out, resume=resume, **options)
+    seconds = time.perf_counter() - start
+    metrics = {
+        "model": model,
+        "dataset": dataset,
+        "config": {
+            "model": result.pop("config"),
+            "train": asdict(cfg),
+            "train_limit": train_limit,
+            "test_limit": test_limit,
+            "train_size": len(data.train),
+            "test_size": len(data.test),
+            **{k: v for k, v in options.items()},
+        },
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "epochs": cfg.epochs,
+        "seconds": round(seconds, 1),
+        "resumed": resume,
+        **result,
+    }
+    write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def final_line(model: str, test: dict[str, float]) -> str:
+    """The course's way of printing final test numbers: `Final -ELBO: 4.4321, Recon Loss: ...`."""
+    terms = registry.get(model).terms or {k: k for k in test}
+    return "Final " + ", ".join(f"{label}: {test[k]:.4f}" for k, label in terms.items() if k in test)
+
+
+def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from a checkpoint: `model, meta = load_model("figures/.../checkpoint.pt")`."""
+    state = load_checkpoint(path, map_location)
+    meta = state["meta"]
+    try:
+        entry = registry.get(meta["model"])
+        info = DataInfo(meta["data"]["name"], meta["data"]["kind"], tuple(meta["data"]["shape"]))
+        model = entry.build(meta["config"], info, stage=meta.get("stage", ""))
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise UserError(f"{path}: checkpoint does not match its model ({type(e).__name__}: {e})") from None
+    return model.eval(), meta

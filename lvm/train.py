@@ -1,0 +1,268 @@
+"""The one trainer. It knows nothing about any model beyond `model.loss(x) -> dict` whose
+`"loss"` entry is minimised; every other entry is a named term recorded on the curves.
+
+What it records, the course's way: every term for every training minibatch, and every term on
+the test set at initialisation (epoch 0) and after every epoch. A checkpoint (model, optimiser,
+epoch, step, RNG states, history, config) is written atomically after every epoch and when the
+run is interrupted (Ctrl-C or SIGTERM), and `resume=True` continues from it so that the resumed
+run ends exactly where an uninterrupted one would (shuffling is seeded per epoch).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from lvm.errors import UserError
+
+CHECKPOINT_FORMAT = "lvm-checkpoint-1"
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Defaults are the course's (Adam 1e-3, batch 128)."""
+
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 1e-3
+    grad_clip: float | None = None  # max global gradient norm; None = no clipping
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    log_every: int = 25  # minibatches between host syncs (losses are read back in batches)
+
+    def validate(self) -> None:
+        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size)):
+            if value < 1:
+                raise UserError(f"--{name} must be at least 1, got {value}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise UserError(f"grad clip must be positive, got {self.grad_clip}")
+
+
+@dataclass
+class History:
+    """Per-minibatch training terms and per-epoch test terms (index 0 = before training)."""
+
+    train: dict[str, list[float]] = field(default_factory=dict)
+    test: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, split: dict[str, list[float]], terms: dict[str, float]) -> None:
+        for k, v in terms.items():
+            split.setdefault(k, []).append(float(v))
+
+
+class Interrupted(Exception):
+    """Training stopped by a signal after saving a checkpoint."""
+
+
+class Diverged(UserError):
+    """A loss became NaN or infinite."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' asked for, but torch sees no CUDA GPU")
+    if device.type not in ("cpu", "cuda"):
+        raise UserError(f"unsupported device '{name}'; use auto, cpu or cuda")
+    return device
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a file, a crash never loses the old one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, ...: all mean "not ours"
+        raise UserError(f"cannot read checkpoint {path}: corrupt or not a torch file ({type(e).__name__})") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not an lvm checkpoint")
+    return state
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[dict[str, int]]:
+    """Turn SIGINT/SIGTERM into a flag checked between steps, so a step is never cut in half."""
+    flag = {"signal": 0}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal API
+        flag["signal"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Every loss term, averaged over all examples of `data`."""
+    was_training = model.training
+    model.eval()
+    totals: dict[str, torch.Tensor] = {}
+    for start in range(0, len(data), batch_size):
+        x = data[start : start + batch_size].to(device, non_blocking=True)
+        for k, v in model.loss(x).items():
+            totals[k] = totals.get(k, 0.0) + v.detach().float() * len(x)
+    model.train(was_training)
+    return {k: (v / len(data)).item() for k, v in totals.items()}
+
+
+def fit(
+    model: nn.Module,
+    train: torch.Tensor,
+    test: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    meta: dict[str, Any] | None = None,
+    desc: str = "train",
+) -> History:
+    """Train `model` on `train`, evaluating on `test`; returns the history.
+
+    `meta` is stored in the checkpoint as it is (the model's name and config, the data's
+    description), so that the checkpoint alone can rebuild the model.
+    """
+    cfg.validate()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model.to(device)
+    train, test = train.to(device), test.to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history, epoch, step = History(), 0, 0
+
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, map_location=device)
+        if meta is not None and state.get("meta") != meta:
+            raise UserError(f"{checkpoint} was written by another model, dataset or config; use a new --out")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        history = History(**state["history"])
+        epoch, step = state["epoch"], state["step"]
+        _set_rng_state(state["rng"])
+
+    def save(epoch: int, step: int) -> None:
+        if checkpoint is not None:
+            state = {
+                "format": CHECKPOINT_FORMAT,
+                "meta": meta or {},
+                "train_config": asdict(cfg),
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "history": asdict(history),
+                "rng": _rng_state(),
+            }
+            save_checkpoint(checkpoint, state)
+
+    if not history.test:  # the course's curves start with the test loss at initialisation
+        history.add(history.test, evaluate(model, test, cfg.batch_size, device))
+
+    per_epoch = math.ceil(len(train) / cfg.batch_size)
+    bar = tqdm(total=cfg.epochs * per_epoch, initial=epoch * per_epoch + step, desc=desc,
+               unit="step", dynamic_ncols=True, leave=False)
+    pending: list[dict[str, torch.Tensor]] = []
+
+    def flush(epoch: int, step: int) -> None:
+        """Read the pending minibatch losses back from the device; stop on NaN/inf."""
+        if not pending:
+            return
+        keys = list(pending[0])
+        values = torch.stack([torch.stack([p[k] for k in keys]) for p in pending]).cpu()  # (steps, terms)
+        bad = ~torch.isfinite(values).all(1)
+        if bad.any():
+            at = step - len(pending) + int(bad.nonzero()[0]) + 1
+            raise Diverged(
+                f"loss became {values[bad][0].tolist()} at epoch {epoch + 1} step {at}; "
+                f"stopped, the last good checkpoint is kept{f' in {checkpoint}' if checkpoint else ''}. "
+                "Try a lower --lr."
+            )
+        for row in values.tolist():
+            history.add(history.train, dict(zip(keys, row)))
+        bar.set_postfix({k: f"{v:.4g}" for k, v in zip(keys, values[-1].tolist())}, refresh=False)
+        pending.clear()
+
+    with _stop_on_signals() as stop:
+        try:
+            while epoch < cfg.epochs:
+                gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+                order = torch.randperm(len(train), generator=gen).to(device)
+                bar.set_description(f"{desc} epoch {epoch + 1}/{cfg.epochs}")
+                while step < per_epoch:
+                    if stop["signal"]:
+                        flush(epoch, step)
+                        save(epoch, step)
+                        raise Interrupted(
+                            f"interrupted at epoch {epoch + 1}, step {step}"
+                            + (f"; saved {checkpoint}" if checkpoint else "")
+                        )
+                    x = train[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
+                    terms = model.loss(x)
+                    opt.zero_grad(set_to_none=True)
+                    terms["loss"].backward()
+                    if cfg.grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    pending.append({k: v.detach().float() for k, v in terms.items()})
+                    step += 1
+                    bar.update(1)
+                    if len(pending) >= cfg.log_every:
+                        flush(epoch, step)
+                flush(epoch, step)
+                history.add(history.test, evaluate(model, test, cfg.batch_size, device))
+                epoch, step = epoch + 1, 0
+                save(epoch, 0)
+        finally:
+            bar.close()
+    return history

@@ -1,0 +1,66 @@
+"""A VAE on 2-D points: the course's Q1 (Kingma & Welling, "Auto-Encoding Variational Bayes", 2013).
+
+Encoder q(z|x) and decoder p(x|z) are MLPs giving diagonal Gaussians; the decoder's variance is
+learned, so p(x|z) can model the data's spread on its own. Whether the latent gets used depends
+on the data: for axis-aligned Gaussians (part b) the decoder's diagonal variance already fits, so
+the KL collapses to ~0; for rotated ones (part a) the correlation can only come through z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lvm.distributions import gaussian_kl, gaussian_log_prob, reparameterize
+
+
+@dataclass
+class VAE2dConfig:
+    latent_dim: int = 2  # the course's 2-D latent
+    hidden: tuple[int, ...] = (128, 128)  # widths of the encoder's and decoder's hidden layers
+    data_dim: int = 2
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class VAE2d(nn.Module):
+    def __init__(self, cfg: VAE2dConfig):
+        super().__init__()
+        self.cfg = cfg
+        hidden = list(cfg.hidden)
+        self.encoder = mlp([cfg.data_dim, *hidden, 2 * cfg.latent_dim])
+        self.decoder = mlp([cfg.latent_dim, *hidden, 2 * cfg.data_dim])
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.encoder(x).chunk(2, dim=-1)  # (B, L), (B, L)
+        return mu, log_std
+
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.decoder(z).chunk(2, dim=-1)  # (B, D), (B, D)
+        return mu, log_std
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-ELBO = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), averaged over the batch, in nats."""
+        mu_z, log_std_z = self.encode(x)
+        z = reparameterize(mu_z, log_std_z)  # (B, L)
+        mu_x, log_std_x = self.decode(z)
+        recon = -gaussian_log_prob(x, mu_x, log_std_x).sum(-1).mean()
+        kl = gaussian_kl(mu_z, log_std_z).mean()
+        return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}
+
+    @torch.no_grad()
+    def sample(self, n: int, noise: bool = True) -> torch.Tensor:
+        """n points from p(x) = E_z p(x|z); without noise, the decoder means alone."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.cfg.latent_dim, device=device)
+        mu, log_std = self.decode(z)
+        return mu + log_std.exp() * torch.randn_like(mu) if noise else mu
