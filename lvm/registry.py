@@ -4,6 +4,7 @@ the experiment runner and checkpoint loading look models up here and nowhere els
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -12,8 +13,9 @@ from torch import nn
 from lvm.errors import UserError
 from lvm.train import TrainConfig
 
-# The model packages, in the order `lvm list` shows them. A new model adds its name here.
-PACKAGES = ("vae2d", "vae", "vlae", "vqvae", "pixelcnn")
+# Every subpackage of `lvm` is a model package that registers itself on import; a new model
+# needs no line anywhere else. `lvm list` shows them in this order, then any others.
+ORDER = ("vae2d", "vae", "vlae", "vqvae", "pixelcnn")
 
 
 @dataclass(frozen=True)
@@ -47,17 +49,20 @@ def register(entry: Entry) -> Entry:
 
 
 def _load_all() -> None:
-    for name in PACKAGES:
-        importlib.import_module(f"lvm.{name}")
+    import lvm
+
+    for module in pkgutil.iter_modules(lvm.__path__):
+        if module.ispkg:
+            importlib.import_module(f"lvm.{module.name}")
 
 
 def names() -> list[str]:
     _load_all()
-    return list(MODELS)
+    return sorted(MODELS, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
 
 
 def get(name: str) -> Entry:
     _load_all()
     if name not in MODELS:
-        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
+        raise UserError(f"unknown model '{name}'; choose one of: {', '.join(names())}")
     return MODELS[name]
