@@ -152,7 +152,7 @@ def read_idx(path: Path) -> np.ndarray:
         body = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
         if body.size != int(np.prod(dims)):
             raise ValueError(f"{body.size} bytes of data for shape {dims}")
-        return body.reshape(dims)
+        return body.reshape(dims).copy()  # frombuffer is read-only
     except (OSError, EOFError, struct.error, ValueError) as e:
         raise UserError(f"cannot read {path}: truncated or corrupt IDX file ({e})") from None
 

@@ -19,7 +19,7 @@ from lvm import data as datasets
 from lvm import registry
 from lvm.data import DataInfo
 from lvm.errors import UserError
-from lvm.plotting import plot_training
+from lvm.plotting import plot_training, save_image_grid, save_reconstructions, save_scatter
 from lvm.train import History, TrainConfig, load_checkpoint, resolve_device
 from lvm.train import fit as train_fit
 
@@ -108,6 +108,7 @@ def run(
     _check_writable(out)  # only now, after every input was checked: bad input writes nothing
 
     start = time.perf_counter()
+    torch.manual_seed(cfg.seed)  # the model's initial weights come from --seed too
     result = entry.run(data, cfg, out, resume=resume, **options)
     seconds = time.perf_counter() - start
     metrics = {
@@ -151,3 +152,41 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
     except (KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"{path}: checkpoint does not match its model ({type(e).__name__}: {e})") from None
     return model.eval(), meta
+
+
+def show(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """A model's output in its data space -> something to draw: [0, 1] images, or points."""
+    x = x.detach().float().cpu()
+    return datasets.from_unit(x) if kind == "image" else x
+
+
+def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
+    """Draw n samples from a trained model and plot them (a grid of images, or a scatter)."""
+    model, meta = load_model(checkpoint)
+    if not hasattr(model, "sample"):
+        raise UserError(f"{checkpoint}: this model ({meta['model']} {meta.get('stage', '')}) cannot sample on its own")
+    _check_writable(Path(out).parent)
+    torch.manual_seed(seed)
+    x = model.sample(n)
+    kind, title = meta["data"]["kind"], f"{meta['model']} on {meta['data']['name']}: {n} samples"
+    if kind == "points":
+        return save_scatter({"samples": x.cpu()}, out, title)
+    return save_image_grid(show(x, kind), out, title)
+
+
+def reconstruct_to_file(checkpoint: str | Path, dataset: str, out: str | Path, n: int = 50,
+                        data_dir: str | Path | None = None, download: bool = True) -> Path:
+    """The first n test images of `dataset` beside the trained model's reconstructions."""
+    model, meta = load_model(checkpoint)
+    if not hasattr(model, "reconstruct"):
+        raise UserError(f"{checkpoint}: this model ({meta['model']}) does not reconstruct")
+    data = datasets.load(dataset, data_dir, test_limit=n, download=download)
+    if data.info.shape != tuple(meta["data"]["shape"]) or data.info.kind != meta["data"]["kind"]:
+        raise UserError(f"{checkpoint} was trained on {meta['data']['name']} {tuple(meta['data']['shape'])}; "
+                        f"'{dataset}' has examples of shape {data.info.shape}")
+    _check_writable(Path(out).parent)
+    with torch.no_grad():
+        x_hat = model.reconstruct(data.test)
+    kind = data.info.kind
+    original = datasets.to_unit(data.test) if kind == "image" else data.test
+    return save_reconstructions(show(original, kind), show(x_hat, kind), out)

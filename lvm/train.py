@@ -38,6 +38,7 @@ class TrainConfig:
     grad_clip: float | None = None  # max global gradient norm; None = no clipping
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    lr_schedule: str = "constant"  # constant (the course) | cosine (decays to 0 over the run)
     log_every: int = 25  # minibatches between host syncs (losses are read back in batches)
 
     def validate(self) -> None:
@@ -46,6 +47,8 @@ class TrainConfig:
                 raise UserError(f"--{name} must be at least 1, got {value}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise UserError(f"lr schedule must be constant or cosine, got {self.lr_schedule!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise UserError(f"grad clip must be positive, got {self.grad_clip}")
 
@@ -179,6 +182,12 @@ def fit(
     model.to(device)
     train, test = train.to(device), test.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = cfg.epochs * per_epoch
+    if cfg.lr_schedule == "cosine":  # a final iterate at lr ~ 0 is not bounced around by noise
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
+    else:
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     history, epoch, step = History(), 0, 0
 
     if resume and checkpoint is not None and checkpoint.exists():
@@ -187,6 +196,7 @@ def fit(
             raise UserError(f"{checkpoint} was written by another model, dataset or config; use a new --out")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
         history = History(**state["history"])
         epoch, step = state["epoch"], state["step"]
         _set_rng_state(state["rng"])
@@ -199,6 +209,7 @@ def fit(
                 "train_config": asdict(cfg),
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
                 "epoch": epoch,
                 "step": step,
                 "history": asdict(history),
@@ -209,8 +220,7 @@ def fit(
     if not history.test:  # the course's curves start with the test loss at initialisation
         history.add(history.test, evaluate(model, test, cfg.batch_size, device))
 
-    per_epoch = math.ceil(len(train) / cfg.batch_size)
-    bar = tqdm(total=cfg.epochs * per_epoch, initial=epoch * per_epoch + step, desc=desc,
+    bar = tqdm(total=total, initial=epoch * per_epoch + step, desc=desc,
                unit="step", dynamic_ncols=True, leave=False)
     pending: list[dict[str, torch.Tensor]] = []
 
@@ -254,6 +264,7 @@ def fit(
                     if cfg.grad_clip:
                         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
+                    sched.step()
                     pending.append({k: v.detach().float() for k, v in terms.items()})
                     step += 1
                     bar.update(1)

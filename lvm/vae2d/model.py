@@ -21,6 +21,7 @@ class VAE2dConfig:
     latent_dim: int = 2  # the course's 2-D latent
     hidden: tuple[int, ...] = (128, 128)  # widths of the encoder's and decoder's hidden layers
     data_dim: int = 2
+    eval_samples: int = 16  # z draws per test point: the same -ELBO, with less estimator noise
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -39,20 +40,33 @@ class VAE2d(nn.Module):
         hidden = list(cfg.hidden)
         self.encoder = mlp([cfg.data_dim, *hidden, 2 * cfg.latent_dim])
         self.decoder = mlp([cfg.latent_dim, *hidden, 2 * cfg.data_dim])
+        # The networks see standardised data (the Gaussians span +-15 in raw units, which slows
+        # Adam); the likelihood is still of raw x: log p(x) = log p(x_std) - sum log scale.
+        self.register_buffer("shift", torch.zeros(cfg.data_dim))
+        self.register_buffer("scale", torch.ones(cfg.data_dim))
+
+    @torch.no_grad()
+    def standardise_with(self, data: torch.Tensor) -> "VAE2d":
+        """Set the input standardisation from training data (N, D); returns self."""
+        self.shift.copy_(data.mean(0))
+        self.scale.copy_(data.std(0, unbiased=False).clamp_min(1e-3))  # one point has no spread
+        return self
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_std = self.encoder(x).chunk(2, dim=-1)  # (B, L), (B, L)
+        mu, log_std = self.encoder((x - self.shift) / self.scale).chunk(2, dim=-1)  # (B, L), (B, L)
         return mu, log_std
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, log_std = self.decoder(z).chunk(2, dim=-1)  # (B, D), (B, D)
-        return mu, log_std
+        """The Gaussian p(x|z) in raw units: mean and log standard deviation, each (B, D)."""
+        mu, log_std = self.decoder(z).chunk(2, dim=-1)  # standardised units
+        return mu * self.scale + self.shift, log_std + self.scale.log()
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """-ELBO = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), averaged over the batch, in nats."""
         mu_z, log_std_z = self.encode(x)
-        z = reparameterize(mu_z, log_std_z)  # (B, L)
-        mu_x, log_std_x = self.decode(z)
+        draws = 1 if self.training else self.cfg.eval_samples
+        z = reparameterize(mu_z.expand(draws, *mu_z.shape), log_std_z)  # (S, B, L)
+        mu_x, log_std_x = self.decode(z)  # (S, B, D) each
         recon = -gaussian_log_prob(x, mu_x, log_std_x).sum(-1).mean()
         kl = gaussian_kl(mu_z, log_std_z).mean()
         return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}

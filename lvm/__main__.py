@@ -1,0 +1,3 @@
+from lvm.cli import main
+
+main()

@@ -1,0 +1,197 @@
+"""The `lvm` command. Thin: it parses arguments and calls library functions; no math lives here.
+Every error a user can cause ends in one line on stderr and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from lvm.errors import UserError
+from lvm.train import Interrupted
+
+
+class Group(click.Group):
+    """A click group that turns every user error into one line and a non-zero exit."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as e:
+            hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+            click.echo(f"Error: {e.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as e:
+            e.show()
+            sys.exit(e.exit_code)
+        except UserError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(2)
+        except Interrupted as e:
+            click.echo(f"\n{e}", err=True)
+            sys.exit(130)
+        except (click.Abort, KeyboardInterrupt):
+            click.echo("\nAborted.", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+def _positive(ctx, param, value):
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}")
+    return value
+
+
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Folder holding datasets in torchvision's layout [default: $LVM_DATA_DIR or ~/.cache/lvm].",
+)
+download_option = click.option(
+    "--download/--no-download", default=True, show_default=True,
+    help="Let torchvision download a missing dataset when the network allows.",
+)
+
+
+@click.group(cls=Group)
+@click.version_option(package_name="lvm")
+def cli():
+    """Latent-variable models: VAE, VLAE, VQ-VAE and PixelCNN, trained and reported the course's way."""
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--dataset", default=None, help="Dataset name (see `lvm list`) [default: the model's].")
+@click.option("--epochs", type=int, default=None, callback=_positive, help="Epochs [default: the course's].")
+@click.option("--batch-size", type=int, default=None, callback=_positive, help="Minibatch size [default: 128].")
+@click.option("--lr", type=float, default=None, help="Adam learning rate [default: 1e-3].")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 0].")
+@click.option("--device", default=None, help="auto, cpu or cuda [default: auto].")
+@data_dir_option
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder [default: figures/MODEL/DATASET].")
+@click.option("--train-limit", type=int, default=None, callback=_positive, help="Use the first N training examples.")
+@click.option("--test-limit", type=int, default=None, callback=_positive, help="Use the first N test examples.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --out.")
+@click.option("--prior", type=click.Choice(["pixelcnn", "gated"]), default=None,
+              help="Prior over codes (vqvae) or the model variant (pixelcnn).")
+@click.option("--prior-epochs", type=int, default=None, callback=_positive, help="Epochs of the prior (vqvae) [default: 15].")
+@download_option
+def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, train_limit, test_limit,
+        resume, prior, prior_epochs, download):
+    """Train MODEL on a dataset and write its row of the results table: metrics.json,
+    history.json, train_plot.png and the model's figures."""
+    from lvm import experiment
+
+    if lr is not None and not lr > 0:
+        raise click.BadParameter(f"must be positive, got {lr}", param_hint="'--lr'")
+    try:
+        metrics = experiment.run(
+            model, dataset, out=out, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit,
+            resume=resume, download=download, options={"prior": prior, "prior_epochs": prior_epochs},
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        )
+    except Interrupted as e:
+        again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["run"] else ["run", model]
+        raise Interrupted(f"{e}\nresume with: lvm {shlex.join(again)} --resume") from None
+    out = out or Path("figures") / metrics["model"] / metrics["dataset"]
+    click.echo(experiment.final_line(metrics["model"], metrics["test"]))
+    click.echo(f"{metrics['seconds']:.0f} s on {metrics['device']}; wrote {out}/")
+
+
+@cli.group()
+def data():
+    """Inspect datasets."""
+
+
+@data.command("show")
+@click.argument("name")
+@data_dir_option
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Where to write the picture [default: figures/data/NAME.png].")
+@download_option
+def data_show(name, data_dir, out, download):
+    """Load dataset NAME, print its sizes, and draw 100 training examples."""
+    from lvm import data as datasets
+    from lvm.plotting import save_image_grid, save_scatter
+
+    d = datasets.load(name, data_dir, download=download)
+    click.echo(f"{name}: {len(d.train)} train, {len(d.test)} test, one example: "
+               f"{'x'.join(map(str, d.info.shape))} {str(d.train.dtype).replace('torch.', '')}")
+    out = out or Path("figures") / "data" / f"{name}.png"
+    if d.info.kind == "points":
+        save_scatter({"train": d.train}, out, f"{name}: training data")
+    else:
+        scale = 1.0 if d.info.kind == "binary" else 255.0
+        save_image_grid(d.train[:100].float() / scale, out, f"{name}: 100 training examples")
+    click.echo(f"wrote {out}")
+
+
+@cli.command("list")
+@data_dir_option
+def list_(data_dir):
+    """Models, and datasets with whether each is on disk."""
+    from lvm import data as datasets
+    from lvm import registry
+
+    click.echo("models:")
+    for name in registry.names():
+        e = registry.get(name)
+        click.echo(f"  {name:<22} {e.summary} [default data: {e.default_dataset}]")
+    click.echo(f"datasets (data dir: {data_dir or datasets.default_data_dir()}):")
+    for name, src in datasets.DATASETS.items():
+        where = "built in" if src.builtin else ("on disk" if datasets.on_disk(name, data_dir) else "missing")
+        click.echo(f"  {name:<22} {src.summary} [{where}]")
+
+
+checkpoint_option = click.option(
+    "--checkpoint", required=True, type=click.Path(dir_okay=False, path_type=Path),
+    help="A checkpoint.pt written by `lvm run`.",
+)
+
+
+@cli.command()
+@checkpoint_option
+@click.option("-n", "count", type=int, default=100, show_default=True, callback=_positive, help="How many samples.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("samples.png"), show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def sample(checkpoint, count, out, seed):
+    """Draw samples from a trained model."""
+    from lvm import experiment
+
+    click.echo(f"wrote {experiment.sample_to_file(checkpoint, count, out, seed)}")
+
+
+@cli.command()
+@checkpoint_option
+@click.option("--dataset", required=True, help="Dataset whose test images to reconstruct.")
+@click.option("-n", "count", type=int, default=50, show_default=True, callback=_positive, help="How many images.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("reconstructions.png"), show_default=True)
+@data_dir_option
+@download_option
+def reconstruct(checkpoint, dataset, count, out, data_dir, download):
+    """Reconstruct test images with a trained model: originals beside reconstructions."""
+    from lvm import experiment
+
+    click.echo(f"wrote {experiment.reconstruct_to_file(checkpoint, dataset, out, count, data_dir, download)}")
+
+
+@cli.command()
+@click.option("--figures", type=click.Path(file_okay=False, path_type=Path), default=Path("figures"),
+              show_default=True, help="Folder of runs (FIGURES/MODEL/DATASET/metrics.json).")
+@click.option("--readme", type=click.Path(dir_okay=False, path_type=Path), default=Path("README.md"),
+              show_default=True, help="README whose results table to rewrite.")
+def report(figures, readme):
+    """Collect every metrics.json into the README's results table, with the official numbers."""
+    from lvm import report as rep
+
+    table = rep.table(rep.collect(figures))
+    click.echo(table)
+    if readme.exists():
+        rep.write_readme(readme, table)
+        click.echo(f"updated {readme}")
+
+
+def main():  # pragma: no cover - `python -m lvm`
+    cli(prog_name="lvm")

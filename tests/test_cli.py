@@ -1,0 +1,111 @@
+"""The `lvm` command, run the way a user runs it (click's CliRunner, tiny budgets)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from lvm.cli import cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_run_vae2d_writes_the_row(tmp_path):
+    out = tmp_path / "row"
+    r = invoke("run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "2", "--train-limit", "512",
+               "--test-limit", "128", "--out", str(out), "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    assert r.stdout.startswith("Final -ELBO: ") and "Recon Loss: " in r.stdout and "KL Loss: " in r.stdout
+    for name in ("metrics.json", "history.json", "checkpoint.pt", "train_plot.png", "data.png",
+                 "samples_with_noise.png", "samples_without_noise.png"):
+        assert (out / name).exists(), name
+    for png in out.glob("*.png"):
+        assert png.read_bytes()[:8] == PNG
+    m = json.loads((out / "metrics.json").read_text())
+    assert {"model", "dataset", "config", "device", "epochs", "seconds", "test"} <= set(m)
+    assert set(m["test"]) == {"neg_elbo", "recon_loss", "kl_loss"}
+    assert m["config"]["train"]["epochs"] == 2 and m["config"]["train_size"] == 512
+    h = json.loads((out / "history.json").read_text())
+    assert len(h["test"]["loss"]) == 3 and len(h["train"]["loss"]) == 2 * 4  # 512 / 128 per epoch
+
+
+def test_missing_dataset_is_one_line_exit_2(tmp_path):
+    r = CliRunner().invoke(cli, ["data", "show", "svhn", "--data-dir", str(tmp_path), "--no-download"])
+    assert r.exit_code == 2
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "train_32x32.mat" in lines[0] and str(tmp_path) in lines[0]
+    assert "Traceback" not in r.output
+
+
+@pytest.mark.parametrize(
+    "args,expect",
+    [
+        (["run", "nope"], "unknown model 'nope'; choose one of: vae2d"),
+        (["run", "vae2d", "--dataset", "nope"], "unknown dataset 'nope'"),
+        (["run", "vae2d", "--dataset", "shapes"], "does not train on 'shapes'"),
+        (["run", "vae2d", "--epochs", "0"], "must be at least 1"),
+        (["run", "vae2d", "--batch-size", "-3"], "must be at least 1"),
+        (["run", "vae2d", "--lr", "0"], "must be positive"),
+        (["run", "vae2d", "--train-limit", "0"], "must be at least 1"),
+        (["run", "vae2d", "--device", "tpu"], "device"),
+        (["run", "vae2d", "--prior", "gated"], "takes no option --prior"),
+        (["run", "vae2d", "--epochs", "many"], "not a valid integer"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expect):
+    out = tmp_path / "out"
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code == 2, r.output
+    assert expect in r.output and "Traceback" not in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    r = CliRunner().invoke(cli, ["run", "vae2d", "--dataset", "gaussians-b2", "--out", str(blocker / "sub"),
+                                 "--epochs", "1"])
+    assert r.exit_code == 2 and "cannot write to output folder" in r.output
+
+
+def test_data_show_and_list(tmp_path):
+    r = invoke("data", "show", "gaussians-a2", "--out", str(tmp_path / "g.png"))
+    assert r.exit_code == 0 and "10000 train, 2500 test, one example: 2 float32" in r.output
+    assert (tmp_path / "g.png").read_bytes()[:8] == PNG
+    r = invoke("list")
+    assert r.exit_code == 0 and "vae2d" in r.output and "shapes" in r.output and "built in" in r.output
+
+
+def test_data_show_real_mnist_layout(tmp_path):
+    from tests.test_data import write_idx
+    import numpy as np
+
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_idx(raw / "train-images-idx3-ubyte", np.zeros((12, 28, 28)), False)
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((5, 28, 28)), False)
+    r = invoke("data", "show", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m.png"), "--no-download")
+    assert r.exit_code == 0 and "12 train, 5 test, one example: 1x32x32 uint8" in r.output
+
+
+def test_report_builds_table_and_rewrites_readme(tmp_path):
+    invoke("run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "1", "--train-limit", "256",
+           "--out", str(tmp_path / "figures" / "vae2d" / "gaussians-b1"))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nouttro\n")
+    r = invoke("report", "--figures", str(tmp_path / "figures"), "--readme", str(readme))
+    assert r.exit_code == 0, r.output
+    text = readme.read_text()
+    assert "old" not in text and "| vae2d |" in text and "4.4213" in text and text.endswith("outtro\n")
+
+
+def test_python_dash_m_entry_point():
+    r = subprocess.run([sys.executable, "-m", "lvm", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "run" in r.stdout and "report" in r.stdout

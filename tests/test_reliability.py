@@ -1,0 +1,116 @@
+"""Nothing is lost when a run is killed; no input a user can type ends in a traceback."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from lvm.cli import cli
+from lvm.train import load_checkpoint
+
+RUN = [sys.executable, "-m", "lvm", "run", "vae2d", "--dataset", "gaussians-a1", "--epochs", "6",
+       "--train-limit", "3000", "--test-limit", "500", "--device", "cpu"]
+ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_halfway_then_resume_equals_uninterrupted(tmp_path):
+    straight = tmp_path / "straight"
+    subprocess.run([*RUN, "--out", str(straight)], env=ENV, check=True, capture_output=True)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen([*RUN, "--out", str(cut)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # wait for the epoch-3 checkpoint, then kill without warning
+        ck = cut / "checkpoint.pt"
+        if ck.exists() and load_checkpoint(ck)["epoch"] >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (cut / "metrics.json").exists(), "the run finished before it could be killed"
+    assert 3 <= load_checkpoint(cut / "checkpoint.pt")["epoch"] < 6
+
+    r = subprocess.run([*RUN, "--out", str(cut), "--resume"], env=ENV, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    a = json.loads((straight / "metrics.json").read_text())
+    b = json.loads((cut / "metrics.json").read_text())
+    assert a["test"] == b["test"]
+    assert json.loads((straight / "history.json").read_text()) == json.loads((cut / "history.json").read_text())
+
+
+def test_sigterm_saves_and_says_how_to_resume(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "lvm", "run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "400",
+           "--device", "cpu", "--out", str(out)]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "interrupted at epoch" in err and "--resume" in err and "Traceback" not in err
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["epoch"] >= 1
+
+
+def test_sample_from_checkpoint(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "row"
+    r = runner.invoke(cli, ["run", "vae2d", "--dataset", "gaussians-b2", "--epochs", "1", "--train-limit", "256",
+                            "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["sample", "--checkpoint", str(out / "checkpoint.pt"), "-n", "50",
+                            "--out", str(tmp_path / "s.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 100)
+    r = runner.invoke(cli, ["sample", "--checkpoint", str(bad)])
+    assert r.exit_code == 2 and "corrupt" in r.output and "Traceback" not in r.output
+    torch.save({"not": "ours"}, bad)
+    r = runner.invoke(cli, ["sample", "--checkpoint", str(bad)])
+    assert r.exit_code == 2 and "not an lvm checkpoint" in r.output
+
+
+limits = st.one_of(st.integers(-3, 3), st.sampled_from([64, 300]))
+arguments = st.fixed_dictionaries(
+    {},
+    optional={
+        "--dataset": st.sampled_from(["gaussians-a1", "gaussians-b2", "shapes", "nope", ""]),
+        "--epochs": st.one_of(st.integers(-2, 2), st.just("x")),
+        "--batch-size": st.one_of(st.integers(-3, 3), st.sampled_from([64, 10**9])),
+        "--lr": st.sampled_from(["0", "-1", "1e-3", "1e30", "nan", "inf", "abc"]),
+        "--train-limit": limits,
+        "--test-limit": limits,
+        "--seed": st.integers(-5, 5),
+        "--device": st.sampled_from(["cpu", "auto", "gpu", "cuda:7"]),
+    },
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(args=arguments, model=st.sampled_from(["vae2d", "vae2d", "nope"]))
+def test_random_arguments_never_traceback(tmp_path, args, model):
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
+        argv = ["run", model, "--out", "out"]
+        for k, v in args.items():
+            argv += [k, str(v)]
+        # keep every accepted run tiny: at most 2 epochs of at most 300 points
+        argv += [] if "--epochs" in args else ["--epochs", "1"]
+        argv += [] if "--train-limit" in args else ["--train-limit", "256"]
+        r = runner.invoke(cli, argv)
+        assert r.exit_code in (0, 2), (argv, r.output)
+        assert "Traceback" not in r.output, (argv, r.output)
+        if r.exit_code == 2:
+            assert not Path(cwd, "out", "metrics.json").exists()
+        assert {p.name for p in Path(cwd).iterdir()} <= {"out"}, "wrote outside --out"

@@ -1,0 +1,137 @@
+"""The one trainer: it learns, it records the course's curves, and it never loses a run."""
+
+import os
+import signal
+
+import pytest
+import torch
+from torch import nn
+
+from lvm.errors import UserError
+from lvm.experiment import load_model
+from lvm.train import Diverged, Interrupted, TrainConfig, evaluate, fit, load_checkpoint
+from lvm.vae2d.model import VAE2d, VAE2dConfig
+
+
+class Regression(nn.Module):
+    """y = w.x: a model whose loss can be driven to ~0 on one batch."""
+
+    def __init__(self, nan_at: int | None = None, sigint_at: int | None = None):
+        super().__init__()
+        self.lin = nn.Linear(3, 1)
+        self.calls, self.nan_at, self.sigint_at = 0, nan_at, sigint_at
+
+    def loss(self, x):
+        if self.training:
+            self.calls += 1
+            if self.calls == self.sigint_at:
+                os.kill(os.getpid(), signal.SIGINT)  # as if the user pressed Ctrl-C mid-epoch
+        err = (self.lin(x[:, :3]).squeeze(1) - x[:, 3]).pow(2).mean()
+        if self.training and self.calls == self.nan_at:
+            err = err * float("nan")
+        return {"loss": err, "abs_w": self.lin.weight.abs().sum()}
+
+
+def regression_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, generator=g)
+    y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.3
+    return torch.cat([x, y[:, None]], 1)
+
+
+def test_overfits_one_batch_and_records_curves():
+    batch = regression_data(32)
+    torch.manual_seed(1)
+    model = Regression()
+    cfg = TrainConfig(epochs=200, batch_size=32, lr=0.05, device="cpu")
+    h = fit(model, batch, batch, cfg)
+    assert h.test["loss"][-1] < 1e-4 < h.test["loss"][0]
+    assert len(h.test["loss"]) == cfg.epochs + 1  # epoch 0 = at initialisation
+    assert len(h.train["loss"]) == cfg.epochs  # one minibatch per epoch
+    assert set(h.train) == set(h.test) == {"loss", "abs_w"}
+    # epoch 0 is the untrained model's test loss
+    torch.manual_seed(1)
+    fresh = Regression()
+    assert h.test["loss"][0] == pytest.approx(evaluate(fresh, batch, 32, torch.device("cpu"))["loss"], rel=1e-6)
+
+
+def _vae_run(tmp_path, epochs, resume=False, name="ck.pt"):
+    torch.manual_seed(0)
+    model = VAE2d(VAE2dConfig(hidden=(16,)))
+    data = regression_data(300)[:, :2].contiguous()
+    cfg = TrainConfig(epochs=epochs, batch_size=32, lr=1e-2, device="cpu", lr_schedule="cosine", log_every=3)
+    h = fit(model, data, data[:50], cfg, checkpoint=tmp_path / name, resume=resume, meta={"m": 1})
+    return model, h
+
+
+def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
+    straight, h_straight = _vae_run(tmp_path, epochs=3, name="straight.pt")
+
+    torch.manual_seed(0)
+    model = VAE2d(VAE2dConfig(hidden=(16,)))
+    calls = {"n": 0}
+    original = model.loss
+
+    def loss_with_ctrl_c(x):  # SIGINT in the middle of the second epoch
+        if model.training:
+            calls["n"] += 1
+            if calls["n"] == 15:
+                os.kill(os.getpid(), signal.SIGINT)
+        return original(x)
+
+    model.loss = loss_with_ctrl_c
+    data = regression_data(300)[:, :2].contiguous()
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=1e-2, device="cpu", lr_schedule="cosine", log_every=3)
+    with pytest.raises(Interrupted, match="epoch 2, step 5"):
+        fit(model, data, data[:50], cfg, checkpoint=tmp_path / "cut.pt", meta={"m": 1})
+    state = load_checkpoint(tmp_path / "cut.pt")
+    assert (state["epoch"], state["step"]) == (1, 5)
+
+    resumed, h_resumed = _vae_run(tmp_path, epochs=3, resume=True, name="cut.pt")
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values()):
+        assert torch.equal(a, b)
+    assert h_resumed.train == h_straight.train and h_resumed.test == h_straight.test
+
+
+def test_resume_refuses_another_models_checkpoint(tmp_path):
+    _vae_run(tmp_path, epochs=1)
+    model = VAE2d(VAE2dConfig(hidden=(16,)))
+    data = regression_data(64)[:, :2].contiguous()
+    with pytest.raises(UserError, match="another model"):
+        fit(model, data, data, TrainConfig(epochs=2, device="cpu"), checkpoint=tmp_path / "ck.pt",
+            resume=True, meta={"m": 2})
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
+    data = regression_data(64)
+    model = Regression(nan_at=6)  # epoch 3 with two minibatches per epoch
+    cfg = TrainConfig(epochs=5, batch_size=32, device="cpu", log_every=1)
+    with pytest.raises(Diverged, match="epoch 3 step 2"):
+        fit(model, data, data, cfg, checkpoint=tmp_path / "ck.pt")
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert state["epoch"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
+    path = tmp_path / "ck.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_round_trips_through_load_model(tmp_path):
+    from lvm import experiment
+
+    experiment.run("vae2d", "gaussians-b1", out=tmp_path, epochs=1, train_limit=256, test_limit=64, device="cpu")
+    model, meta = load_model(tmp_path / "checkpoint.pt")
+    assert meta["model"] == "vae2d" and meta["data"]["name"] == "gaussians-b1"
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k])
+
+
+def test_bad_numbers_are_rejected():
+    for bad in (dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(lr=float("nan")), dict(lr_schedule="step")):
+        with pytest.raises(UserError):
+            TrainConfig(**bad).validate()
