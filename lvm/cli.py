@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from lvm.errors import UserError
+from lvm.grade import grade
 from lvm.train import Interrupted
 
 
@@ -191,6 +192,9 @@ def report(figures, readme):
     if readme.exists():
         rep.write_readme(readme, table)
         click.echo(f"updated {readme}")
+
+
+cli.add_command(grade)
 
 
 def main():  # pragma: no cover - `python -m lvm`

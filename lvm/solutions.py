@@ -1,0 +1,172 @@
+"""Reference solutions of the homework (`homework/`), built on this repository's models and its
+one trainer. Each function keeps the course's contract (arguments and return values) and takes
+one extra keyword, `budget`:
+
+- "course": the course's architecture and training budget (what `lvm run` uses);
+- "tiny": small widths and 2 epochs, so the grader and the tests can run them in seconds.
+
+`lvm grade --reference` grades these with the tiny budget; a student's notebook is graded the
+same way (`lvm grade homework/q1_vae2d.ipynb`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from lvm.data import from_unit, to_unit
+from lvm.homework import from_hwc, to_hwc
+from lvm.train import History, TrainConfig, fit
+from lvm.vae2d.model import VAE2d, VAE2dConfig
+
+BUDGETS = ("course", "tiny")
+
+
+def _check(budget: str) -> None:
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {BUDGETS}, got {budget!r}")
+
+
+def _columns(history_split: dict[str, list[float]], keys: tuple[str, ...]) -> np.ndarray:
+    return np.stack([np.asarray(history_split[k], np.float32) for k in keys], axis=1)  # (N, len(keys))
+
+
+def _to_pixels(x: torch.Tensor) -> np.ndarray:
+    """Model images (N, C, H, W) in [-1, 1] -> (N, H, W, C) float32 in [0, 255]."""
+    return (from_unit(x.float().cpu()) * 255.0).permute(0, 2, 3, 1).numpy().astype(np.float32)
+
+
+def _pairs(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+    """Originals (N, H, W, C) and reconstructions -> (2N, H, W, C), each original then its copy."""
+    return np.stack([x.astype(np.float32), x_hat], axis=1).reshape(-1, *x.shape[1:])
+
+
+# ----------------------------------------------------------------------------- Q1
+
+
+def q1(train_data: np.ndarray, test_data: np.ndarray, part: str, dset_id: int, budget: str = "course"):
+    """VAE on 2-D points. Returns train_losses (n_minibatches, 3) and test_losses
+    (n_epochs + 1, 3), columns -ELBO, reconstruction, KL; samples_noise and samples_nonoise,
+    each (1000, 2)."""
+    _check(budget)
+    train, test = torch.as_tensor(train_data, dtype=torch.float32), torch.as_tensor(test_data, dtype=torch.float32)
+    model = VAE2d(VAE2dConfig(hidden=(128, 128) if budget == "course" else (64, 64))).standardise_with(train)
+    cfg = TrainConfig(epochs=20 if budget == "course" else 3, batch_size=128, lr=1e-3, lr_schedule="cosine", device="cpu")
+    history = fit(model, train, test, cfg)
+    keys = ("loss", "recon_loss", "kl_loss")
+    model.eval()
+    return (_columns(history.train, keys), _columns(history.test, keys),
+            model.sample(1000, noise=True).numpy(), model.sample(1000, noise=False).numpy())
+
+
+# ----------------------------------------------------------------------------- Q2
+
+
+def _image_vae(model, train_data, test_data, epochs: int):
+    train, test = from_hwc(train_data), from_hwc(test_data)  # (N, 3, 32, 32) uint8
+    history: History = fit(model, train, test, TrainConfig(epochs=epochs, batch_size=128, lr=1e-3, device="cpu"))
+    keys = ("loss", "recon_loss", "kl_loss")
+    model.eval()
+    with torch.no_grad():
+        samples = _to_pixels(model.sample(100))  # (100, 32, 32, 3)
+        x = to_unit(test[:50])  # (50, 3, 32, 32)
+        reconstructions = _pairs(test_data[:50], _to_pixels(model.reconstruct(x)))
+        pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:20]
+        ends = to_unit(test[pick])  # (20, 3, 32, 32)
+        rows = model.interpolate(ends[:10], ends[10:], steps=10)  # (10, 10, 3, 32, 32)
+        interpolations = _to_pixels(rows.flatten(0, 1))  # (100, 32, 32, 3)
+    return _columns(history.train, keys), _columns(history.test, keys), samples, reconstructions, interpolations
+
+
+def _vae_widths(budget: str) -> dict:
+    return {} if budget == "course" else {"enc_widths": (8, 16, 32, 64), "dec_widths": (32, 32, 16, 8)}
+
+
+def q2_a(train_data: np.ndarray, test_data: np.ndarray, dset_id: int, budget: str = "course"):
+    """Image VAE. Returns train_losses (N, 3), test_losses (E + 1, 3), samples,
+    reconstructions (50 pairs) and interpolations (10 rows of 10), each (100, 32, 32, 3) in [0, 255]."""
+    _check(budget)
+    from lvm.vae.model import VAE, VAEConfig
+
+    model = VAE(VAEConfig(channels=train_data.shape[-1], **_vae_widths(budget)))
+    return _image_vae(model, train_data, test_data, 20 if budget == "course" else 2)
+
+
+def q2_b(train_data: np.ndarray, test_data: np.ndarray, dset_id: int, budget: str = "course"):
+    """VLAE (the VAE with an autoregressive-flow prior); same contract as `q2_a`."""
+    _check(budget)
+    from lvm.vlae.model import VLAE, VLAEConfig
+
+    made = {} if budget == "course" else {"made_hidden": (64, 64)}
+    model = VLAE(VLAEConfig(channels=train_data.shape[-1], **_vae_widths(budget), **made))
+    return _image_vae(model, train_data, test_data, 20 if budget == "course" else 2)
+
+
+# ----------------------------------------------------------------------------- Q3, Q4a
+
+
+def _vqvae_with_prior(train_data, test_data, prior: str, budget: str):
+    from lvm.pixelcnn.model import make_prior
+    from lvm.vqvae import VQVAE, VQVAEConfig
+    from lvm.vqvae import encode_all
+
+    course = budget == "course"
+    mcfg = VQVAEConfig(channels=train_data.shape[-1]) if course else \
+        VQVAEConfig(channels=train_data.shape[-1], num_codes=32, code_dim=32, width=32)
+    train, test = from_hwc(train_data), from_hwc(test_data)  # (N, 3, 32, 32) uint8
+    model = VQVAE(mcfg)
+    vq_history = fit(model, train, test, TrainConfig(epochs=20 if course else 2, batch_size=128, lr=1e-3,
+                                                     grad_clip=1.0, device="cpu"))
+    model.eval()
+    train_codes, test_codes = encode_all(model, train), encode_all(model, test)  # (N, 8, 8)
+    widths = {} if course else {"embed_dim": 16, "channels": 32, "head_channels": 64,
+                                ("n_blocks" if prior == "pixelcnn" else "n_layers"): 2}
+    prior_model = make_prior(prior, levels=mcfg.num_codes, **widths)
+    prior_history = fit(prior_model, train_codes, test_codes,
+                        TrainConfig(epochs=15 if course else 2, batch_size=128, lr=1e-3, device="cpu"))
+    prior_model.eval()
+    with torch.no_grad():
+        codes = prior_model.sample(100, tuple(test_codes.shape[1:]))  # (100, 8, 8)
+        samples = _to_pixels(model.decode_indices(codes))  # (100, 32, 32, 3)
+        reconstructions = _pairs(test_data[:50], _to_pixels(model.reconstruct(test[:50])))
+    return (np.asarray(vq_history.train["loss"], np.float32), np.asarray(vq_history.test["loss"], np.float32),
+            np.asarray(prior_history.train["loss"], np.float32), np.asarray(prior_history.test["loss"], np.float32),
+            samples, reconstructions)
+
+
+def q3(train_data: np.ndarray, test_data: np.ndarray, dset_id: int, budget: str = "course"):
+    """VQ-VAE, then a PixelCNN prior over its 8x8 codes. Returns vqvae_train_losses (N,),
+    vqvae_test_losses (E + 1,), prior_train_losses (M,), prior_test_losses (E' + 1,), samples
+    (100, 32, 32, 3) and reconstructions (100, 32, 32, 3, 50 pairs), images in [0, 255]."""
+    _check(budget)
+    return _vqvae_with_prior(train_data, test_data, "pixelcnn", budget)
+
+
+def q4_a(train_data: np.ndarray, test_data: np.ndarray, dset_id: int, budget: str = "course"):
+    """As `q3` with a Gated PixelCNN prior."""
+    _check(budget)
+    return _vqvae_with_prior(train_data, test_data, "gated", budget)
+
+
+# ----------------------------------------------------------------------------- Q4b
+
+
+def q4_b(train_data: np.ndarray, test_data: np.ndarray, budget: str = "course"):
+    """Gated PixelCNN on binary images (N, 32, 32, 1) of 0/1. Returns train_losses (N,),
+    test_losses (E + 1,) in nats per pixel, and samples (100, 32, 32, 1) of 0/1."""
+    _check(budget)
+    from lvm.pixelcnn.model import make_prior
+
+    course = budget == "course"
+    widths = {} if course else {"embed_dim": 8, "channels": 16, "head_channels": 32, "n_layers": 3}
+    model = make_prior("gated", levels=2, **widths)
+    train, test = from_hwc(train_data), from_hwc(test_data)  # (N, 1, 32, 32)
+    history = fit(model, train, test, TrainConfig(epochs=10 if course else 2, batch_size=128, lr=1e-3,
+                                                  grad_clip=1.0, device="cpu"))
+    model.eval()
+    samples = model.sample(100, tuple(train.shape[-2:]))  # (100, 32, 32)
+    return (np.asarray(history.train["loss"], np.float32), np.asarray(history.test["loss"], np.float32),
+            samples[..., None].numpy().astype(np.float32))
+
+
+__all__ = ["q1", "q2_a", "q2_b", "q3", "q4_a", "q4_b", "BUDGETS"]
