@@ -197,7 +197,7 @@ def _images(result: Result, a: np.ndarray | None, name: str, channels: int, bina
     if binary:
         ok = bool(np.isin(a, (0.0, 1.0)).all())
         return result.check(ok, f"{name}: values are 0/1" if ok else f"{name}: values should be 0 or 1, found {lo:.3g}..{hi:.3g}")
-    ok = lo >= -1e-3 and hi <= 255 + 1e-3
+    ok = lo >= -1e-3 and 1.0 < hi <= 255 + 1e-3  # 0..1 is in range, but it is not the course's scale
     if not result.check(ok, f"{name}: values in [0, 255]" if ok else f"{name}: values should lie in [0, 255], found "
                         f"{lo:.3g}..{hi:.3g}" + (" (looks like [0, 1] or [-1, 1]: multiply to 0..255)" if hi <= 1.0 else "")):
         return False

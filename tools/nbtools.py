@@ -87,6 +87,7 @@ def execute(path: Path, cwd: Path | None = None, timeout: float = 600) -> float:
             if cell["cell_type"] != "code":
                 continue
             count += 1
+            cell_start = time.perf_counter()
             msg_id = kc.execute("".join(cell["source"]))
             outputs, failed = [], False
             while True:
@@ -103,6 +104,8 @@ def execute(path: Path, cwd: Path | None = None, timeout: float = 600) -> float:
                     outputs.append(out)
                     failed |= out["output_type"] == "error"
             cell["outputs"], cell["execution_count"] = _merge_streams(outputs), count
+            if os.environ.get("NB_TIMES"):
+                print(f"  cell {count}: {time.perf_counter() - cell_start:.1f} s", flush=True)
             if failed:
                 path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
                 err = outputs[-1]

@@ -1,0 +1,601 @@
+"""Write the course notebooks `notebooks/0*.ipynb` and execute them in place, so that the stored
+outputs are those of a real run (`pytest --nbval notebooks/` re-runs them and compares).
+
+    python tools/make_notebooks.py            # write and execute all
+    python tools/make_notebooks.py 01 03      # only these
+    python tools/make_notebooks.py --no-run   # write only
+
+Cells whose output is random by nature (losses, pictures) are tagged nbval-ignore-output; the
+others (data sizes, parameter counts, masks, a seeded KL) are compared.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from nbtools import code, execute, md, write
+
+ROOT = Path(__file__).resolve().parent.parent / "notebooks"
+
+SETUP = """
+import os
+os.environ["TQDM_DISABLE"] = "1"  # no progress bars in stored outputs
+
+import tempfile
+import warnings
+from pathlib import Path
+
+warnings.filterwarnings("ignore", message="IProgress not found")  # tqdm's, in a kernel without widgets
+
+import torch
+from IPython.display import Image, display
+
+import lvm
+from lvm import data as datasets
+from lvm import plotting
+from lvm.train import TrainConfig, fit
+
+torch.manual_seed(0)
+out = Path(tempfile.mkdtemp(prefix="lvm-notebook-"))  # figures go here, then are shown inline
+
+
+def show(*paths):
+    for p in paths:
+        display(Image(filename=str(p)))
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+"""
+
+
+def nb01() -> list[dict]:
+    return [
+        md("""
+# 1. A VAE on two-dimensional data
+
+The course's first latent-variable question: fit a **variational autoencoder** (Kingma & Welling,
+2013) to 2-D Gaussian data and see *when the latent variable is used*. The model lives in
+`lvm/vae2d/model.py`; this notebook only imports it.
+
+**The model.** A latent $z \\in \\mathbb R^2$ with prior $p(z) = \\mathcal N(0, I)$, a decoder
+$p_\\theta(x|z) = \\mathcal N(x; \\mu_\\theta(z), \\mathrm{diag}\\,\\sigma^2_\\theta(z))$ with a
+*learned* variance, and an encoder $q_\\phi(z|x) = \\mathcal N(z; \\mu_\\phi(x), \\mathrm{diag}\\,\\sigma^2_\\phi(x))$.
+Both are small MLPs.
+
+**The ELBO.** For any $q$,
+
+$$\\log p(x) \\;\\ge\\; \\mathbb E_{q(z|x)}[\\log p(x|z)] \\;-\\; \\mathrm{KL}(q(z|x)\\,\\|\\,p(z)) \\;=\\; \\mathrm{ELBO}(x),$$
+
+with equality when $q(z|x)$ is the true posterior. We minimise $-\\mathrm{ELBO}$ = reconstruction
+loss + KL loss, averaged over the batch, in nats.
+
+**Reparameterisation.** To backpropagate through the sample we write
+$z = \\mu_\\phi(x) + \\sigma_\\phi(x) \\odot \\varepsilon$, $\\varepsilon \\sim \\mathcal N(0, I)$: the
+randomness no longer depends on $\\phi$, so $\\nabla_\\phi$ passes through $z$.
+
+**The KL in closed form.** For diagonal Gaussians,
+$\\mathrm{KL}(\\mathcal N(\\mu, \\sigma^2) \\| \\mathcal N(0, 1)) = \\tfrac12(\\mu^2 + \\sigma^2 - 1) - \\log\\sigma$
+per dimension.
+"""),
+        code(SETUP),
+        md("""
+## The data
+
+The course's datasets: 10,000 training and 2,500 test points drawn from `RandomState(0)`. Part
+**b** is an axis-aligned Gaussian (`gaussians-b1`); part **a** the same draws rotated by 45 degrees
+(`gaussians-a1`), so its two coordinates are correlated.
+"""),
+        code("""
+data_a = datasets.load("gaussians-a1")
+data_b = datasets.load("gaussians-b1")
+print(data_a.info)
+print("train", tuple(data_a.train.shape), data_a.train.dtype, " test", tuple(data_a.test.shape))
+for part, d in (("a", data_a), ("b", data_b)):
+    corr = torch.corrcoef(d.train.T)[0, 1].item()
+    print(f"part {part}: std {d.train.std(0).numpy().round(1).tolist()}, correlation {round(corr, 2) + 0.0}")
+"""),
+        md("""
+Part a's coordinates are strongly correlated; part b's are not. A Gaussian decoder with a *diagonal*
+variance can model part b **without using z at all**: it only needs a constant mean and the right
+variance per axis. Part a's correlation can only come through z.
+
+## The KL term: closed form against Monte Carlo
+
+`lvm.distributions.gaussian_kl` is the closed form; it should equal the average of
+$\\log q(z) - \\log p(z)$ over many draws $z \\sim q$.
+"""),
+        code("""
+from lvm.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
+
+mu = torch.tensor([[0.5, -1.0]])
+log_std = torch.tensor([[0.1, -0.7]])
+g = torch.Generator().manual_seed(0)
+z = mu + log_std.exp() * torch.randn(200_000, 2, generator=g)          # draws from q
+mc = (gaussian_log_prob(z, mu, log_std) - standard_normal_log_prob(z)).sum(-1).mean()
+print(f"closed form KL: {gaussian_kl(mu, log_std).item():.4f} nats")
+print(f"Monte Carlo   : {mc.item():.2f} nats")
+"""),
+        md("## The model"),
+        code("""
+from lvm.vae2d import VAE2d, VAE2dConfig
+
+cfg = VAE2dConfig()
+print(cfg)
+model_a = VAE2d(cfg).standardise_with(data_a.train)
+print(model_a.encoder)
+print("parameters:", n_params(model_a))
+"""),
+        md("""
+## Training, part a
+
+The one trainer (`lvm.train.fit`) records every loss term for each training minibatch and on the
+test set before training and after every epoch. The course trains 20 epochs; five are enough to
+see the picture here (a few seconds).
+"""),
+        code("""
+train_cfg = TrainConfig(epochs=5, batch_size=128, lr=1e-3, lr_schedule="cosine", device="cpu")
+hist_a = fit(model_a, data_a.train, data_a.test, train_cfg)
+final = {k: v[-1] for k, v in hist_a.test.items()}
+print(f"Final -ELBO: {final['loss']:.4f}, Recon Loss: {final['recon_loss']:.4f}, KL Loss: {final['kl_loss']:.4f}")
+labels = {"loss": "-ELBO", "recon_loss": "reconstruction", "kl_loss": "KL"}
+show(plotting.plot_training(hist_a.train, hist_a.test, out / "a_curves.png", "vae2d on gaussians-a1", labels))
+""", ignore=True),
+        md("""
+The true density's test NLL is 4.418 nats; the -ELBO bounds it from above. The KL is well above
+zero: the model **uses** its latent to carry the correlation.
+
+## Samples, with and without decoder noise
+
+Two ways to sample: $z \\sim p(z)$ then $x \\sim p(x|z)$ (with noise), or only the decoder mean
+$\\mu_\\theta(z)$ (without). In part a the means alone already trace the rotated blob, because z
+carries the structure.
+"""),
+        code("""
+model_a.eval()
+show(plotting.save_scatter({"data": data_a.test, "samples with noise": model_a.sample(1000, noise=True)},
+                           out / "a_noise.png", "part a: samples with decoder noise"),
+     plotting.save_scatter({"data": data_a.test, "decoder means": model_a.sample(1000, noise=False)},
+                           out / "a_nonoise.png", "part a: samples without decoder noise"))
+""", ignore=True),
+        md("""
+## Part b: the latent collapses
+
+Now the axis-aligned data. The decoder's learned diagonal variance fits it on its own, so the
+cheapest ELBO sets $q(z|x) = p(z)$: the KL goes to ~0 ("posterior collapse") and z carries nothing.
+"""),
+        code("""
+model_b = VAE2d(VAE2dConfig()).standardise_with(data_b.train)
+hist_b = fit(model_b, data_b.train, data_b.test, train_cfg)
+final = {k: v[-1] for k, v in hist_b.test.items()}
+print(f"Final -ELBO: {final['loss']:.4f}, Recon Loss: {final['recon_loss']:.4f}, KL Loss: {final['kl_loss']:.4f}")
+model_b.eval()
+show(plotting.save_scatter({"data": data_b.test, "samples with noise": model_b.sample(1000, noise=True)},
+                           out / "b_noise.png", "part b: samples with decoder noise"),
+     plotting.save_scatter({"data": data_b.test, "decoder means": model_b.sample(1000, noise=False)},
+                           out / "b_nonoise.png", "part b: samples without decoder noise"))
+""", ignore=True),
+        md("""
+With noise, part b's samples match the data; without it, they collapse to (nearly) a single point:
+every z decodes to the same mean, because z is unused. `lvm run vae2d --dataset gaussians-b1`
+trains the full 20 epochs and writes the same figures.
+"""),
+    ]
+
+
+IMAGE_SETUP = """
+# Fashion-MNIST when it is on disk, else the generated shapes (always there)
+name = "fashion-mnist" if datasets.on_disk("fashion-mnist") else "shapes"
+data = datasets.load(name, train_limit=LIMIT, test_limit=300)
+print(name, data.info.kind, data.info.shape, "train", tuple(data.train.shape), data.train.dtype,
+      "test", tuple(data.test.shape))
+"""
+
+
+def nb02() -> list[dict]:
+    return [
+        md("""
+# 2. A convolutional VAE on images
+
+The course's Q2a: the VAE of notebook 1 with a convolutional encoder and decoder and a 16-d
+latent (`lvm/vae/model.py`).
+
+- Encoder: four convolutions (the last three with stride 2, 32 -> 4 pixels), then a linear layer
+  to $(\\mu, \\log\\sigma)$ of $q(z|x)$, 16-d.
+- Decoder: a linear layer to a 4x4x128 map, three transposed convolutions back to 32x32, a final
+  convolution to the image's channels.
+- Images are scaled to $[-1, 1]$. The reconstruction loss is the **squared error summed over
+  pixels**, i.e. $-\\log$ of a Gaussian decoder with fixed variance, constants dropped (the
+  course's convention); the KL to $\\mathcal N(0, I)$ is in closed form.
+
+$$-\\mathrm{ELBO}(x) = \\mathbb E_{q(z|x)}\\,\\|x - \\mathrm{dec}(z)\\|^2 + \\mathrm{KL}(q(z|x)\\,\\|\\,\\mathcal N(0, I))$$
+"""),
+        code(SETUP),
+        code(IMAGE_SETUP.replace("LIMIT", "3000")),
+        code("""
+from lvm.vae import VAE, VAEConfig
+
+# the course's architecture at half its widths, so that a CPU trains it in seconds
+cfg = VAEConfig(channels=data.info.channels, enc_widths=(16, 32, 64, 128), dec_widths=(64, 64, 32, 16))
+model = VAE(cfg)
+print(cfg)
+print("parameters:", n_params(model))
+x = datasets.to_unit(data.train[:8])                  # (8, C, 32, 32) in [-1, 1]
+mu, log_std = model.encode(x)
+print("q(z|x) mean:", tuple(mu.shape), " decoder output:", tuple(model.decode(mu).shape))
+"""),
+        md("""
+## Training
+
+The course trains 20 epochs on SVHN or CIFAR-10 (73k / 50k images) at full width. Here: half
+the widths, 3,000 images, 3 epochs, about half a minute on a laptop CPU, enough to see the model
+learn; `lvm run vae --dataset shapes` runs the full budget.
+"""),
+        code("""
+hist = fit(model, data.train, data.test, TrainConfig(epochs=3, batch_size=32, lr=2e-3, device="cpu"))
+final = {k: v[-1] for k, v in hist.test.items()}
+print(f"Final -ELBO: {final['loss']:.2f}, Recon Loss: {final['recon_loss']:.2f}, KL Loss: {final['kl_loss']:.2f}")
+show(plotting.plot_training(hist.train, hist.test, out / "curves.png", f"vae on {name}",
+                            {"loss": "-ELBO", "recon_loss": "reconstruction", "kl_loss": "KL"}))
+""", ignore=True),
+        md("""
+## Samples, reconstructions, interpolations
+
+Samples decode $z \\sim \\mathcal N(0, I)$ (the decoder mean, as the course shows). Reconstructions
+decode the posterior mean of a test image. Interpolations decode evenly spaced points on the line
+between the posterior means of two test images: a smooth latent space gives a smooth morph.
+"""),
+        code("""
+model.eval()
+show(plotting.save_image_grid(datasets.from_unit(model.sample(100)), out / "samples.png", "100 samples"))
+x = datasets.to_unit(data.test[:20])
+show(plotting.save_reconstructions(datasets.from_unit(x), datasets.from_unit(model.reconstruct(x)),
+                                   out / "recon.png", "test images (left) and reconstructions"))
+rows = model.interpolate(datasets.to_unit(data.test[20:25]), datasets.to_unit(data.test[25:30]), steps=10)
+show(plotting.save_interpolations(datasets.from_unit(rows), out / "interp.png", "interpolations"))
+""", ignore=True),
+        md("""
+With this tiny budget the reconstructions keep each image's outline and brightness but lose its
+details, and the samples are blurry, plausible silhouettes: a squared-error decoder averages over
+what it is unsure of. Longer training sharpens them; blur is the known weakness of a
+Gaussian-decoder VAE.
+"""),
+    ]
+
+
+def nb03() -> list[dict]:
+    return [
+        md("""
+# 3. VLAE: a VAE with an autoregressive-flow prior
+
+The course's Q2b (`lvm/vlae/model.py`): the VAE of notebook 2 with its $\\mathcal N(0, I)$ prior
+replaced by a **learned** prior, an affine autoregressive flow. The KL term
+$\\mathbb E_q[\\log q(z|x) - \\log p(z)]$ pulls the posteriors towards the prior; a prior that can
+move its mass to where the posteriors are makes that term cheaper for the same reconstructions.
+
+**The flow.** A MADE network reads $z$ and gives, for every dimension $i$, a shift
+$\\mu_i(z_{<i})$ and a log-scale $s_i(z_{<i})$:
+
+$$\\varepsilon_i = z_i\\, e^{s_i(z_{<i})} + \\mu_i(z_{<i}), \\qquad \\varepsilon \\sim \\mathcal N(0, I).$$
+
+**The log-determinant.** $\\partial\\varepsilon_i/\\partial z_j = 0$ for $j > i$ (the MADE never lets
+$i$ see $z_{\\ge i}$), so the Jacobian is triangular and its determinant is the product of its
+diagonal $e^{s_i}$:
+
+$$\\log p(z) = \\log \\mathcal N(\\varepsilon; 0, I) + \\sum_i s_i(z_{<i}).$$
+
+The KL has no closed form any more: it is estimated with the reparameterised sample,
+$\\log q(z|x) - \\log p(z)$. Sampling inverts the flow one dimension at a time.
+"""),
+        code(SETUP),
+        md("""
+## MADE: which input can each output see?
+
+The gradient of output $i$ with respect to input $j$ is nonzero only for $j < i$: a strictly
+lower-triangular pattern (`1` = depends).
+"""),
+        code("""
+from lvm.made import MADE
+
+made = MADE(dim=6, hidden=(32, 32), n_out=2)
+z = torch.randn(1, 6, requires_grad=True)
+depends = torch.stack([torch.autograd.grad(made(z)[0, i].sum(), z)[0][0] != 0 for i in range(6)]).int()
+print(depends)   # row i: the inputs output i depends on
+"""),
+        md("""
+## The flow's log-determinant, checked against autograd
+
+The flow returns $\\log|\\det \\partial\\varepsilon/\\partial z|$ from the log-scales alone; compare
+it with the log-determinant of the full Jacobian computed by autograd, and check that `inverse`
+undoes the flow.
+"""),
+        code("""
+from lvm.vlae import AutoregressiveFlowPrior
+
+flow = AutoregressiveFlowPrior(dim=4, hidden=(32, 32), max_log_scale=3.0).double()
+z = torch.randn(1, 4, dtype=torch.float64)
+eps, log_det = flow(z)
+J = torch.autograd.functional.jacobian(lambda v: flow(v)[0], z)[0, :, 0, :]   # (4, 4)
+print("Jacobian upper triangle is zero:", bool((J.triu(1) == 0).all()))
+print("log-det from the flow equals autograd's:", torch.allclose(log_det[0], torch.linalg.slogdet(J)[1]))
+print("inverse(flow(z)) == z:", torch.allclose(flow.inverse(eps), z))
+"""),
+        code(IMAGE_SETUP.replace("LIMIT", "3000")),
+        code("""
+from lvm.vlae import VLAE, VLAEConfig
+
+# the VAE of notebook 2 (half the course's widths) with the course's MADE prior
+cfg = VLAEConfig(channels=data.info.channels, enc_widths=(16, 32, 64, 128), dec_widths=(64, 64, 32, 16))
+model = VLAE(cfg)
+print("parameters:", n_params(model), " of which the prior:", n_params(model.prior))
+"""),
+        md("Training: 3,000 images, 3 epochs, as in notebook 2 (the course: 20 epochs on SVHN/CIFAR-10)."),
+        code("""
+hist = fit(model, data.train, data.test, TrainConfig(epochs=3, batch_size=32, lr=2e-3, device="cpu"))
+final = {k: v[-1] for k, v in hist.test.items()}
+print(f"Final -ELBO: {final['loss']:.2f}, Recon Loss: {final['recon_loss']:.2f}, KL Loss: {final['kl_loss']:.2f}")
+show(plotting.plot_training(hist.train, hist.test, out / "curves.png", f"vlae on {name}",
+                            {"loss": "-ELBO", "recon_loss": "reconstruction", "kl_loss": "KL (Monte Carlo)"}))
+""", ignore=True),
+        md("""
+The KL curve is noisier than the VAE's: it is a one-sample Monte-Carlo estimate now. Samples draw
+$\\varepsilon \\sim \\mathcal N(0, I)$, invert the flow to $z$ (16 MADE passes), and decode.
+"""),
+        code("""
+model.eval()
+show(plotting.save_image_grid(datasets.from_unit(model.sample(100)), out / "samples.png", "100 samples"))
+x = datasets.to_unit(data.test[:20])
+show(plotting.save_reconstructions(datasets.from_unit(x), datasets.from_unit(model.reconstruct(x)),
+                                   out / "recon.png", "test images (left) and reconstructions"))
+rows = model.interpolate(datasets.to_unit(data.test[20:25]), datasets.to_unit(data.test[25:30]), steps=10)
+show(plotting.save_interpolations(datasets.from_unit(rows), out / "interp.png", "interpolations"))
+""", ignore=True),
+        md("""
+At the course's budget the VLAE reaches a lower -ELBO than the VAE, mostly through a smaller KL
+(SVHN 102.6 against 104.0; `lvm run vlae`). With three epochs on 3,000 images the two are close.
+"""),
+    ]
+
+
+def nb04() -> list[dict]:
+    return [
+        md("""
+# 4. VQ-VAE, with PixelCNN and Gated PixelCNN priors
+
+The course's Q3 and Q4a (`lvm/vqvae/`, `lvm/pixelcnn/`). A VQ-VAE (van den Oord et al., 2017)
+has a **discrete** latent: the encoder maps a 32x32 image to an 8x8 map of D-dimensional vectors
+$z_e$, and each vector is replaced by its nearest **codebook** entry,
+
+$$z_q = e_k,\\qquad k = \\arg\\min_j \\|z_e - e_j\\|^2 .$$
+
+**The loss** (images on $[-1, 1]$):
+
+$$\\mathcal L = \\underbrace{\\tfrac{1}{n}\\|x - \\mathrm{dec}(z_q)\\|^2}_{\\text{reconstruction}}
+ + \\underbrace{\\|\\mathrm{sg}(z_e) - e_k\\|^2}_{\\text{codebook}}
+ + \\beta\\,\\underbrace{\\|z_e - \\mathrm{sg}(e_k)\\|^2}_{\\text{commitment}},$$
+
+where sg stops gradients: the codebook term moves codes towards the encoder's outputs, the
+commitment term keeps the encoder from drifting away from its codes ($\\beta = 1$ in the course).
+
+**The straight-through estimator.** $\\arg\\min$ has no gradient. The forward pass uses $z_q$; the
+backward pass copies the decoder's gradient onto $z_e$ unchanged:
+`z_q = z_e + (z_q - z_e).detach()`.
+
+**The prior.** The VQ-VAE has none of its own: after training, the training images are encoded
+to 8x8 grids of code indices and an autoregressive PixelCNN learns
+$p(k) = \\prod_i p(k_i \\mid k_{<i})$ over them. Sampling draws a grid position by position and
+decodes it.
+"""),
+        code(SETUP),
+        md("""
+## The quantiser on a tiny example
+
+Four codes in 2-D, three vectors to quantise. The indices are the nearest codes; the gradient of
+the quantised output flows straight through to the input (all ones); the loss is codebook +
+commitment (beta = 1, so both are the same number in the forward pass).
+"""),
+        code("""
+from lvm.vqvae import VectorQuantizer, codebook_usage
+
+vq = VectorQuantizer(num_codes=4, code_dim=2, beta=1.0)      # the course's quantiser: no EMA
+with torch.no_grad():
+    vq.codebook.copy_(torch.tensor([[0., 0.], [1., 0.], [0., 1.], [1., 1.]]))
+z = torch.tensor([[0.9, 0.2], [0.1, 0.8], [0.6, 0.7]]).T.reshape(1, 2, 3, 1).requires_grad_()  # (B, D, H, W)
+quantized, indices, loss = vq(z)
+print("nearest codes:", indices.flatten().tolist())
+print("quantised vectors:", quantized.detach().reshape(2, 3).T.tolist())
+print(f"codebook + commitment loss: {loss.item():.4f}")
+quantized.sum().backward()
+print("gradient reaching z (straight through):", z.grad.flatten().tolist())
+"""),
+        code(IMAGE_SETUP.replace("LIMIT", "2000")),
+        md("""
+## The VQ-VAE
+
+The course's model has K = 128 codes of D = 256 and 256-wide layers; for a CPU notebook we shrink
+the widths through the config (same architecture). The default quantiser of this repository uses
+EMA codebook updates and restarts dead codes (see `VQVAEConfig`); the course's plain quantiser is
+`ema_decay=None, restart_dead=False`.
+"""),
+        code("""
+from lvm.vqvae import VQVAE, VQVAEConfig, encode_all
+
+cfg = VQVAEConfig(channels=data.info.channels, num_codes=64, code_dim=64, width=64)
+model = VQVAE(cfg)
+print(cfg)
+print("parameters:", n_params(model))
+x_hat, idx, _ = model(data.train[:4])
+print("reconstruction", tuple(x_hat.shape), " code grid", tuple(idx.shape))
+"""),
+        code("""
+hist = fit(model, data.train, data.test, TrainConfig(epochs=2, batch_size=64, lr=1e-3, grad_clip=1.0, device="cpu"))
+print(f"VQ-VAE test loss: {hist.test['loss'][-1]:.4f} (reconstruction {hist.test['recon_loss'][-1]:.4f})")
+show(plotting.plot_training(hist.train, hist.test, out / "vq_curves.png", f"vqvae on {name}",
+                            {"loss": "VQ-VAE loss", "recon_loss": "reconstruction (MSE)", "vq_loss": "codebook + commitment"}))
+model.eval()
+train_codes, test_codes = encode_all(model, data.train), encode_all(model, data.test)   # (N, 8, 8)
+print("codes used on the test set:", codebook_usage(test_codes, cfg.num_codes))
+x = data.test[:20]
+show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.reconstruct(x)),
+                                   out / "vq_recon.png", "test images (left) and reconstructions"))
+""", ignore=True),
+        md("""
+Each image is now 64 integers. The code maps below colour every position of the 8x8 grid by its
+code: similar regions (the background, the inside of a garment or a shape) share codes.
+"""),
+        code("""
+show(plotting.save_code_maps(x.float() / 255, test_codes[:20], cfg.num_codes, out / "codes.png",
+                             "test images and their 8x8 code maps"))
+""", ignore=True),
+        md("""
+## Priors over the codes: PixelCNN and Gated PixelCNN
+
+Both model the 8x8 grid in raster order with a categorical over the K codes at each position (see
+notebook 5 for the masks and the blind spot). Loss: cross-entropy in nats per code; a uniform
+guess costs $\\log K$.
+"""),
+        code("""
+from lvm.pixelcnn import make_prior
+import math
+
+print(f"uniform guess: {math.log(cfg.num_codes):.4f} nats per code")
+priors = {
+    "pixelcnn": make_prior("pixelcnn", levels=cfg.num_codes, embed_dim=32, channels=48, n_blocks=3, head_channels=96),
+    "gated": make_prior("gated", levels=cfg.num_codes, embed_dim=32, channels=48, n_layers=4, head_channels=96),
+}
+for kind, prior in priors.items():
+    print(kind, "parameters:", n_params(prior))
+"""),
+        code("""
+for kind, prior in priors.items():
+    h = fit(prior, train_codes, test_codes, TrainConfig(epochs=2, batch_size=64, lr=2e-3, device="cpu"))
+    print(f"{kind}: prior test NLL {h.test['loss'][0]:.4f} -> {h.test['loss'][-1]:.4f} nats per code")
+    prior.eval()
+    codes = prior.sample(50, (8, 8))                            # (50, 8, 8) code indices
+    show(plotting.save_image_grid(datasets.from_unit(model.decode_indices(codes)), out / f"{kind}_samples.png",
+                                  f"VQ-VAE + {kind} prior: 50 samples"))
+""", ignore=True),
+        md("""
+The samples decode code grids the prior invented: whole objects on a plain background where the
+prior has learned how codes follow each other, a patchwork where it has not (two epochs on 2,000
+images is very little). The course's runs: `lvm run vqvae --dataset shapes` (`--prior gated` for Q4a).
+"""),
+    ]
+
+
+def nb05() -> list[dict]:
+    return [
+        md("""
+# 5. PixelCNN and Gated PixelCNN on binary images
+
+An autoregressive image model writes $p(x) = \\prod_i p(x_i \\mid x_{<i})$ in raster order (row by
+row, left to right) and predicts every conditional at once with a convolutional network whose
+output at position $i$ must never depend on $x_{\\ge i}$ (`lvm/pixelcnn/`).
+
+**Masked convolutions** (van den Oord et al., 2016). The kernel is multiplied by a mask that
+zeroes the taps on and after the centre: type **A** (first layer) excludes the centre itself,
+type **B** (later layers) includes it, since there the centre holds features of strictly
+earlier pixels.
+
+**The blind spot.** Stacked masked 3x3 convolutions grow their receptive field up and to the
+left, but never reach the pixels above and to the *right* beyond the first row: a triangle of the
+past that the model cannot see. The **Gated PixelCNN** (van den Oord et al., 2016b) fixes it
+with two stacks: a vertical one that sees every pixel of the rows above, and a horizontal one
+that sees the current row to the left; gated activations $\\tanh(a) \\odot \\sigma(b)$ join them.
+"""),
+        code(SETUP),
+        md("## The masks (1 = the tap is used)"),
+        code("""
+from lvm.pixelcnn.layers import MaskedConv2d
+
+for kind in "AB":
+    print(f"type {kind}:")
+    print(MaskedConv2d(kind, 1, 1, 5).mask[0, 0].int())
+"""),
+        md("""
+## The blind spot, measured with gradients
+
+Take a small PixelCNN and a small Gated PixelCNN, and compute which input positions the logits
+at the centre of a 9x9 grid depend on (`X`; `o` is the centre; `.` = no dependence). The plain
+stack misses the upper right; the gated one sees every earlier position and nothing after.
+"""),
+        code("""
+from lvm.pixelcnn import make_prior
+
+def receptive_field(model, size=9):
+    e = torch.randn(1, model.embed.embedding_dim, size, size, requires_grad=True)
+    c = size // 2
+    model.stack(e)[0, :, c, c].sum().backward()
+    seen = e.grad[0].abs().sum(0) > 0
+    return "\\n".join(" ".join("o" if (i, j) == (c, c) else "X" if seen[i, j] else "." for j in range(size))
+                     for i in range(size))
+
+torch.manual_seed(0)
+plain = make_prior("pixelcnn", levels=2, embed_dim=4, channels=8, n_blocks=3, first_kernel=3, head_channels=8)
+gated = make_prior("gated", levels=2, embed_dim=4, channels=8, n_layers=4, first_kernel=3, head_channels=8)
+print("PixelCNN (a 3x3 type-A layer, then 3 blocks of 3x3 type-B):")
+print(receptive_field(plain))
+print("\\nGated PixelCNN (4 layers of 3x3):")
+print(receptive_field(gated))
+"""),
+        md("""
+## Training on binarised images
+
+Binarised Fashion-MNIST (thresholded at 128) when it is installed, else binarised shapes. Every
+pixel is a token of two values; the loss is the cross-entropy in nats per pixel ($\\log 2 = 0.693$
+for a coin flip).
+"""),
+        code("""
+if datasets.on_disk("fashion-mnist-binary"):
+    name = "fashion-mnist-binary"
+    data = datasets.load(name, train_limit=1000, test_limit=200)
+    train, test = data.train, data.test
+else:  # the shapes' grey level, thresholded: needs no files
+    from lvm.homework import binary_data, from_hwc
+    name = "shapes-binary"
+    train, test = (from_hwc(a) for a in binary_data(name, train_limit=1000, test_limit=200))
+print(name, "train", tuple(train.shape), train.dtype, "values", train.unique().tolist())
+"""),
+        code("""
+model = make_prior("gated", levels=2, embed_dim=8, channels=16, n_layers=4, head_channels=32)
+print("parameters:", n_params(model))
+"""),
+        code("""
+hist = fit(model, train, test, TrainConfig(epochs=2, batch_size=32, lr=2e-3, grad_clip=1.0, device="cpu"))
+print(f"test NLL: {hist.test['loss'][0]:.3f} -> {hist.test['loss'][-1]:.3f} nats per pixel")
+show(plotting.plot_training(hist.train, hist.test, out / "curves.png", f"gated pixelcnn on {name}",
+                            {"loss": "NLL (nats per pixel)"}))
+""", ignore=True),
+        md("""
+Sampling is sequential: 32 x 32 = 1,024 forward passes, each predicting one pixel for all samples
+at once (on a window around the pixel, which is exact: nothing outside it is seen).
+"""),
+        code("""
+model.eval()
+samples = model.sample(25, (32, 32))                            # (25, 32, 32) tokens 0/1
+show(plotting.save_image_grid(samples[:, None].float(), out / "samples.png", "25 samples", nrow=5),
+     plotting.save_image_grid(train[:25].float(), out / "data.png", "25 training images", nrow=5))
+""", ignore=True),
+        md("""
+After two short epochs of a small model the samples are white patches on a black background: the
+data's local texture, not yet its garments. A PixelCNN over 1,024 pixels needs far more training;
+`lvm run pixelcnn --prior gated` trains the course's 15 layers of 128 channels.
+"""),
+    ]
+
+
+NOTEBOOKS = {"01": ("01_vae2d", nb01), "02": ("02_vae", nb02), "03": ("03_vlae", nb03),
+             "04": ("04_vqvae", nb04), "05": ("05_pixelcnn", nb05)}
+
+if __name__ == "__main__":
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    root = Path(next((a.split("=", 1)[1] for a in sys.argv[1:] if a.startswith("--root=")), ROOT))
+    for key in args or list(NOTEBOOKS):
+        stem, make = NOTEBOOKS[key]
+        path = root / f"{stem}.ipynb"
+        write(path, make())
+        if "--no-run" not in sys.argv:
+            print(f"{path}: executed in {execute(path):.1f} s", flush=True)
+        else:
+            print(f"wrote {path}")
