@@ -94,7 +94,7 @@ print(data_a.info)
 print("train", tuple(data_a.train.shape), data_a.train.dtype, " test", tuple(data_a.test.shape))
 for part, d in (("a", data_a), ("b", data_b)):
     corr = torch.corrcoef(d.train.T)[0, 1].item()
-    print(f"part {part}: std {d.train.std(0).numpy().round(1).tolist()}, correlation {round(corr, 2) + 0.0}")
+    print(f"part {part}: std {[round(v, 1) for v in d.train.std(0).tolist()]}, correlation {round(corr, 2) + 0.0}")
 """),
         md("""
 Part a's coordinates are strongly correlated; part b's are not. A Gaussian decoder with a *diagonal*
