@@ -335,11 +335,10 @@ def fit(
         bad = ~torch.isfinite(values).all(1)
         if bad.any():
             at = step - len(pending) + int(bad.nonzero()[0]) + 1
-            raise Diverged(
-                f"loss became {values[bad][0].tolist()} at epoch {epoch + 1} step {at}; "
-                f"stopped, the last good checkpoint is kept{f' in {checkpoint}' if checkpoint else ''}. "
-                "Try a lower --lr."
-            )
+            kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint and checkpoint.exists()
+                    else "no checkpoint had been written yet")
+            raise Diverged(f"loss became {values[bad][0].tolist()} at epoch {epoch + 1} step {at}; "
+                           f"stopped, {kept}. Try a lower --lr.")
         for row in values.tolist():
             history.add(history.train, dict(zip(keys, row)))
         bar.set_postfix({k: f"{v:.4g}" for k, v in zip(keys, values[-1].tolist())}, refresh=False)
