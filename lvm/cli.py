@@ -96,6 +96,10 @@ def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, tra
     except Interrupted as e:
         again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["run"] else ["run", model]
         raise Interrupted(f"{e}\nresume with: lvm {shlex.join(again)} --resume") from None
+    from lvm.train import is_main_process
+
+    if not is_main_process():
+        return
     out = out or Path("figures") / metrics["model"] / metrics["dataset"]
     click.echo(experiment.final_line(metrics["model"], metrics["test"]))
     click.echo(f"{metrics['seconds']:.0f} s on {metrics['device']}; wrote {out}/")
@@ -176,6 +180,21 @@ def reconstruct(checkpoint, dataset, count, out, data_dir, download):
     from lvm import experiment
 
     click.echo(f"wrote {experiment.reconstruct_to_file(checkpoint, dataset, out, count, data_dir, download)}")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--batch-size", type=int, default=None, callback=_positive, help="[default: the model's]")
+@click.option("--steps", type=int, default=20, show_default=True, callback=_positive, help="Timed steps (after 3 warm-up steps).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile our step (the reference is never compiled).")
+def bench(model, device, batch_size, steps, compile_):
+    """Time training steps of MODEL's default configuration against the course's plain loop; one JSON line."""
+    import json
+
+    from lvm.bench import bench as run_bench
+
+    click.echo(json.dumps(run_bench(model, device, batch_size, steps, compile=compile_)))
 
 
 @cli.command()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -20,7 +22,7 @@ from lvm import registry
 from lvm.data import DataInfo
 from lvm.errors import UserError
 from lvm.plotting import plot_training, save_image_grid, save_reconstructions, save_scatter
-from lvm.train import History, TrainConfig, load_checkpoint, resolve_device
+from lvm.train import History, TrainConfig, init_distributed, load_checkpoint, resolve_device, world
 from lvm.train import fit as train_fit
 
 
@@ -68,7 +70,7 @@ def fit(
 def _check_writable(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".lvm-write-test"
+        probe = out / f".lvm-write-test-{os.getpid()}"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -102,14 +104,23 @@ def run(
         raise UserError(f"model '{model}' takes no option {', '.join('--' + u.replace('_', '-') for u in unknown)}")
     cfg = replace(entry.train, **{k: v for k, v in overrides.items() if v is not None})
     cfg.validate()
+    init_distributed(cfg.device)  # a no-op unless started by torchrun
     device = resolve_device(cfg.device)
     data = datasets.load(dataset, data_dir, train_limit, test_limit, download=download)
     out = Path(out) if out else Path("figures") / model / dataset
     _check_writable(out)  # only now, after every input was checked: bad input writes nothing
+    rank, size = world()
 
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # the model's initial weights come from --seed too
-    result = entry.run(data, cfg, out, resume=resume, **options)
+    if rank == 0:
+        result = entry.run(data, cfg, out, resume=resume, **options)
+    else:  # under torchrun the other processes train alongside; process 0 alone writes to `out`
+        scratch = Path(tempfile.mkdtemp(prefix=f"lvm-rank{rank}-"))
+        try:
+            result = entry.run(data, cfg, scratch, resume=resume, **options)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     seconds = time.perf_counter() - start
     metrics = {
         "model": model,
@@ -123,14 +134,15 @@ def run(
             "test_size": len(data.test),
             **{k: v for k, v in options.items()},
         },
-        "device": describe_device(device),
+        "device": describe_device(device) + (f" x {size} processes" if size > 1 else ""),
         "torch": torch.__version__,
         "epochs": cfg.epochs,
         "seconds": round(seconds, 1),
         "resumed": resume,
         **result,
     }
-    write_json(out / "metrics.json", metrics)
+    if rank == 0:
+        write_json(out / "metrics.json", metrics)
     return metrics
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -39,6 +40,11 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lr_schedule: str = "constant"  # constant (the course) | cosine (decays to 0 over the run)
+    # The fast path. On CUDA: bf16 autocast and channels-last convolutions (on the CPU neither
+    # pays: see `lvm bench`). torch.compile is opt-in: it costs a minute of compiling up front.
+    amp: bool = True
+    channels_last: bool = True
+    compile: bool = False
     log_every: int = 25  # minibatches between host syncs (losses are read back in batches)
 
     def validate(self) -> None:
@@ -73,7 +79,30 @@ class Diverged(UserError):
     """A loss became NaN or infinite."""
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under torchrun."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    return world()[0] == 0
+
+
+def init_distributed(device_name: str) -> None:
+    """Join the process group torchrun set up (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    cuda = device_name != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+
+
 def resolve_device(name: str) -> torch.device:
+    if name == "auto" and world()[1] > 1 and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())  # one GPU per process
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -146,18 +175,77 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
 # ----------------------------------------------------------------------------- training
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Every loss term, averaged over all examples of `data`."""
+def _fast_path(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels-last): both only where they help, on CUDA."""
+    cuda = device.type == "cuda"
+    return cfg.amp and cuda, cfg.channels_last and cuda
+
+
+def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if channels_last and x.dim() == 4 else x
+
+
+class _Loss(nn.Module):
+    """`model.loss` as a forward, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.loss(x)
+
+
+def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device,
+              sched: torch.optim.lr_scheduler.LRScheduler | None = None):
+    """One optimisation step, `step(x) -> detached loss terms`; the trainer and `lvm bench` share it.
+    No host-device synchronisation happens inside."""
+    amp, channels_last = _fast_path(cfg, device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    loss_fn = _Loss(model)
+    if world()[1] > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        loss_fn = nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
+    if cfg.compile:
+        loss_fn = torch.compile(loss_fn)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            terms = loss_fn(_layout(x, channels_last))
+        opt.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        if cfg.grad_clip:
+            nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        if sched is not None:
+            sched.step()
+        return {k: v.detach().float() for k, v in terms.items()}
+
+    return step
+
+
+def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torch.device,
+             cfg: TrainConfig | None = None) -> dict[str, float]:
+    """Every loss term, averaged over all examples of `data` (over all processes under torchrun)."""
+    amp, channels_last = _fast_path(cfg or TrainConfig(), device)
+    rank, size = world()
+    shard = data[rank::size]
     was_training = model.training
     model.eval()
     totals: dict[str, torch.Tensor] = {}
-    for start in range(0, len(data), batch_size):
-        x = data[start : start + batch_size].to(device, non_blocking=True)
-        for k, v in model.loss(x).items():
-            totals[k] = totals.get(k, 0.0) + v.detach().float() * len(x)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for start in range(0, len(shard), batch_size):
+            x = _layout(shard[start : start + batch_size].to(device, non_blocking=True), channels_last)
+            for k, v in model.loss(x).items():
+                totals[k] = totals.get(k, 0.0) + v.detach().float() * len(x)
     model.train(was_training)
-    return {k: (v / len(data)).item() for k, v in totals.items()}
+    keys = list(totals)
+    sums = torch.stack([totals[k] for k in keys]) if keys else torch.zeros(0, device=device)
+    if size > 1:
+        dist.all_reduce(sums)
+    return dict(zip(keys, (sums / len(data)).tolist()))
 
 
 def fit(
@@ -174,11 +262,14 @@ def fit(
     """Train `model` on `train`, evaluating on `test`; returns the history.
 
     `meta` is stored in the checkpoint as it is (the model's name and config, the data's
-    description), so that the checkpoint alone can rebuild the model.
+    description), so that the checkpoint alone can rebuild the model. Under torchrun every
+    process takes its share of each global minibatch of `cfg.batch_size`; process 0 alone
+    writes checkpoints.
     """
     cfg.validate()
     device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
+    rank, size = world()
+    torch.manual_seed(cfg.seed + 1_000_003 * rank)  # each process its own noise
     model.to(device)
     train, test = train.to(device), test.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -190,20 +281,27 @@ def fit(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     history, epoch, step = History(), 0, 0
 
-    if resume and checkpoint is not None and checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location=device)
+    state = None
+    if resume and checkpoint is not None and rank == 0 and checkpoint.exists():
+        state = load_checkpoint(checkpoint, map_location="cpu")
         if meta is not None and state.get("meta") != meta:
             raise UserError(f"{checkpoint} was written by another model, dataset or config; use a new --out")
+    if size > 1:  # every process resumes from process 0's checkpoint
+        box = [state]
+        dist.broadcast_object_list(box, src=0)
+        state = box[0]
+    if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history = History(**state["history"])
         epoch, step = state["epoch"], state["step"]
-        _set_rng_state(state["rng"])
+        if rank == 0:
+            _set_rng_state(state["rng"])
 
     def save(epoch: int, step: int) -> None:
-        if checkpoint is not None:
-            state = {
+        if checkpoint is not None and rank == 0:
+            save_checkpoint(checkpoint, {
                 "format": CHECKPOINT_FORMAT,
                 "meta": meta or {},
                 "train_config": asdict(cfg),
@@ -214,14 +312,14 @@ def fit(
                 "step": step,
                 "history": asdict(history),
                 "rng": _rng_state(),
-            }
-            save_checkpoint(checkpoint, state)
+            })
 
     if not history.test:  # the course's curves start with the test loss at initialisation
-        history.add(history.test, evaluate(model, test, cfg.batch_size, device))
+        history.add(history.test, evaluate(model, test, cfg.batch_size, device, cfg))
 
-    bar = tqdm(total=total, initial=epoch * per_epoch + step, desc=desc,
-               unit="step", dynamic_ncols=True, leave=False)
+    train_step = make_step(model, opt, cfg, device, sched)
+    bar = tqdm(total=total, initial=epoch * per_epoch + step, desc=desc, unit="step",
+               dynamic_ncols=True, leave=False, disable=True if rank else None)
     pending: list[dict[str, torch.Tensor]] = []
 
     def flush(epoch: int, step: int) -> None:
@@ -229,19 +327,32 @@ def fit(
         if not pending:
             return
         keys = list(pending[0])
-        values = torch.stack([torch.stack([p[k] for k in keys]) for p in pending]).cpu()  # (steps, terms)
+        values = torch.stack([torch.stack([p[k] for k in keys]) for p in pending])  # (steps, terms)
+        if size > 1:  # the curve of the global minibatch: the mean over processes
+            dist.all_reduce(values)
+            values /= size
+        values = values.cpu()
         bad = ~torch.isfinite(values).all(1)
         if bad.any():
             at = step - len(pending) + int(bad.nonzero()[0]) + 1
-            raise Diverged(
-                f"loss became {values[bad][0].tolist()} at epoch {epoch + 1} step {at}; "
-                f"stopped, the last good checkpoint is kept{f' in {checkpoint}' if checkpoint else ''}. "
-                "Try a lower --lr."
-            )
+            kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint and checkpoint.exists()
+                    else "no checkpoint had been written yet")
+            raise Diverged(f"loss became {values[bad][0].tolist()} at epoch {epoch + 1} step {at}; "
+                           f"stopped, {kept}. Try a lower --lr.")
         for row in values.tolist():
             history.add(history.train, dict(zip(keys, row)))
         bar.set_postfix({k: f"{v:.4g}" for k, v in zip(keys, values[-1].tolist())}, refresh=False)
         pending.clear()
+
+    def stopping(signalled: int, boundary: bool) -> bool:
+        """Single process: at once. Under torchrun: at log boundaries, all processes together."""
+        if size == 1:
+            return bool(signalled)
+        if not boundary:
+            return False
+        flag = torch.tensor([float(bool(signalled))], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
 
     with _stop_on_signals() as stop:
         try:
@@ -250,28 +361,21 @@ def fit(
                 order = torch.randperm(len(train), generator=gen).to(device)
                 bar.set_description(f"{desc} epoch {epoch + 1}/{cfg.epochs}")
                 while step < per_epoch:
-                    if stop["signal"]:
+                    if stopping(stop["signal"], boundary=step % cfg.log_every == 0):
                         flush(epoch, step)
                         save(epoch, step)
                         raise Interrupted(
                             f"interrupted at epoch {epoch + 1}, step {step}"
                             + (f"; saved {checkpoint}" if checkpoint else "")
                         )
-                    x = train[order[step * cfg.batch_size : (step + 1) * cfg.batch_size]]
-                    terms = model.loss(x)
-                    opt.zero_grad(set_to_none=True)
-                    terms["loss"].backward()
-                    if cfg.grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    sched.step()
-                    pending.append({k: v.detach().float() for k, v in terms.items()})
+                    batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+                    pending.append(train_step(train[batch[rank::size]]))
                     step += 1
                     bar.update(1)
                     if len(pending) >= cfg.log_every:
                         flush(epoch, step)
                 flush(epoch, step)
-                history.add(history.test, evaluate(model, test, cfg.batch_size, device))
+                history.add(history.test, evaluate(model, test, cfg.batch_size, device, cfg))
                 epoch, step = epoch + 1, 0
                 save(epoch, 0)
         finally:

@@ -109,3 +109,11 @@ def test_report_builds_table_and_rewrites_readme(tmp_path):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "lvm", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "run" in r.stdout and "report" in r.stdout
+
+
+def test_bench_prints_one_json_line_with_both_paths():
+    r = invoke("bench", "vae2d", "--steps", "3", "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert line["images_per_s"] > 0 and line["reference"]["images_per_s"] > 0 and line["peak_memory_mb"] > 0
+    assert line["speedup"] == pytest.approx(line["images_per_s"] / line["reference"]["images_per_s"], rel=1e-2)

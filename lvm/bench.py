@@ -1,0 +1,101 @@
+"""`lvm bench MODEL`: training steps per second of a model's default configuration, ours beside
+the course's plain loop, measured in one process on the same data.
+
+Ours: the trainer's own step (`lvm.train.make_step`): uint8 data held on the device and batched
+by index, bf16 autocast and channels-last on CUDA, optional torch.compile.
+Plain reference: float32 data in a torch DataLoader (per-item indexing and collation), the same
+model and optimiser, no autocast, no compilation: the course's loop.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import replace
+
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lvm import data as datasets
+from lvm import registry
+from lvm.train import TrainConfig, make_step, resolve_device
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process peak RSS (KiB on Linux)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _fake_data(info: datasets.DataInfo, n: int) -> torch.Tensor:
+    """Random examples of the dataset's kind and shape: timing does not depend on content."""
+    g = torch.Generator().manual_seed(0)
+    if info.kind == "points":
+        return torch.randn(n, *info.shape, generator=g)
+    high = 2 if info.kind == "binary" else 256
+    return torch.randint(0, high, (n, *info.shape), generator=g, dtype=torch.uint8)
+
+
+def _time(steps: int, warmup: int, device: torch.device, one_step) -> float:
+    for i in range(warmup):
+        one_step(i)
+    _sync(device)
+    start = time.perf_counter()
+    for i in range(warmup, warmup + steps):
+        one_step(i)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def bench(model: str, device: str = "auto", batch_size: int | None = None, steps: int = 20,
+          warmup: int = 3, compile: bool = False, dataset: str | None = None) -> dict:
+    entry = registry.get(model)
+    cfg = replace(entry.train, device=device, compile=compile, **({"batch_size": batch_size} if batch_size else {}))
+    cfg.validate()
+    dev = resolve_device(cfg.device)
+    name = dataset or entry.default_dataset
+    info = datasets.load(name, train_limit=1, test_limit=1, download=False).info
+    n = cfg.batch_size * (steps + warmup)
+    x = _fake_data(info, n)
+    result = {"model": model, "dataset_shape": list(info.shape), "batch_size": cfg.batch_size, "steps": steps,
+              "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+              "threads": torch.get_num_threads(), "compile": compile}
+
+    # ours: data on the device as uint8, batched by index, the trainer's step
+    torch.manual_seed(0)
+    net = entry.build({}, info).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    step = make_step(net, opt, cfg, dev)
+    on_device = x.to(dev)
+    order = torch.randperm(n, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    seconds = _time(steps, warmup, dev, lambda i: step(on_device[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]))
+    ours = {"images_per_s": round(steps * cfg.batch_size / seconds, 1), "peak_memory_mb": round(_peak_mb(dev), 1)}
+    del net, opt, step, on_device
+
+    # the plain reference: float32 DataLoader, no autocast, no compilation
+    torch.manual_seed(0)
+    net = entry.build({}, info).to(dev)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    loader = iter(DataLoader(TensorDataset(x.float()), batch_size=cfg.batch_size, shuffle=True, drop_last=True))
+
+    def plain(i: int) -> None:
+        (xb,) = next(loader)
+        loss = net.loss(xb.to(dev))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    seconds = _time(steps, warmup, dev, plain)
+    ref = {"images_per_s": round(steps * cfg.batch_size / seconds, 1), "peak_memory_mb": round(_peak_mb(dev), 1)}
+    return {**result, **ours, "reference": ref, "speedup": round(ours["images_per_s"] / ref["images_per_s"], 3)}
