@@ -12,9 +12,7 @@ from pathlib import Path
 
 from lvm import experiment
 from lvm.data import Data, DataInfo
-from lvm.plotting import save_image_grid
-from lvm.registry import Entry, register
-from lvm.train import TrainConfig
+from lvm.errors import UserError
 from lvm.pixelcnn.model import (
     PRIORS,
     GatedPixelCNN,
@@ -24,6 +22,9 @@ from lvm.pixelcnn.model import (
     PixelCNNConfig,
     make_prior,
 )
+from lvm.plotting import save_image_grid
+from lvm.registry import Entry, register
+from lvm.train import TrainConfig
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNConfig", "GridModel", "PixelCNN", "PixelCNNConfig", "make_prior"]
 
@@ -47,8 +48,6 @@ def build(config: dict, info: DataInfo, stage: str = "") -> GridModel:
 
 def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False, prior: str = "pixelcnn", **widths) -> dict:
     if prior not in PRIORS:
-        from lvm.errors import UserError
-
         raise UserError(f"unknown prior '{prior}'; choose one of: {', '.join(PRIORS)}")
     _, H, W = data.info.shape  # (1, 32, 32): one channel of 0/1 tokens
     mcfg = _config(prior, levels=2, **widths)
