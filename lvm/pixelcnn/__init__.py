@@ -46,7 +46,10 @@ def build(config: dict, info: DataInfo, stage: str = "") -> GridModel:
     return make_prior(kind, **config)
 
 
-def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False, prior: str = "pixelcnn", **widths) -> dict:
+def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False, prior: str = "pixelcnn",
+        **widths) -> dict:
+    """Train on the (N, 1, H, W) 0/1 images as H x W grids of 2-level tokens; `widths` (the
+    WIDTH_OPTIONS) shrink the course's model where the budget asks for it."""
     if prior not in PRIORS:
         raise UserError(f"unknown prior '{prior}'; choose one of: {', '.join(PRIORS)}")
     _, H, W = data.info.shape  # (1, 32, 32): one channel of 0/1 tokens
