@@ -104,7 +104,7 @@ class VAE(nn.Module):
 
     def prior_sample(self, n: int) -> torch.Tensor:
         """n latents from the prior, (n, L)."""
-        return torch.randn(n, self.cfg.latent_dim, device=self.encoder.net[0].weight.device)
+        return torch.randn(n, self.cfg.latent_dim, device=next(self.parameters()).device)
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:

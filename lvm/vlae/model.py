@@ -64,7 +64,7 @@ class AutoregressiveFlowPrior(nn.Module):
         return z
 
     def sample(self, n: int) -> torch.Tensor:
-        eps = torch.randn(n, self.dim, device=self.made.net[0].weight.device)  # (n, D)
+        eps = torch.randn(n, self.dim, device=next(self.parameters()).device)  # (n, D)
         return self.inverse(eps)
 
 
