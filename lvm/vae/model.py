@@ -1,0 +1,129 @@
+"""The course's Q2a image VAE (Kingma & Welling, "Auto-Encoding Variational Bayes", 2013).
+
+A convolutional encoder gives a diagonal Gaussian posterior q(z|x) over a 16-d latent; a
+transposed-convolution decoder gives the mean of p(x|z). As in the course, the reconstruction
+loss is the squared error summed over pixels on the [-1, 1] scale (a Gaussian decoder with its
+constants dropped; strictly that is -log N(x; mean, 1/2), the course's convention, kept so our
+numbers compare with its table), and the KL to the N(0, I) prior is in closed form, so
+-ELBO = recon_loss + kl_loss in nats per image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lvm.data import to_unit
+from lvm.distributions import gaussian_kl, reparameterize
+
+
+@dataclass
+class VAEConfig:
+    """The course's architecture; the widths exist so tests can shrink it."""
+
+    channels: int = 3  # image channels C (3 for SVHN/CIFAR/shapes, 1 for Fashion-MNIST)
+    latent_dim: int = 16  # the course's 16-d latent
+    enc_widths: tuple[int, int, int, int] = (32, 64, 128, 256)  # the four encoder convs
+    dec_widths: tuple[int, int, int, int] = (128, 128, 64, 32)  # decoder: linear, then three convT
+
+
+class Encoder(nn.Module):
+    """x (B, C, 32, 32) in [-1, 1] -> (mu, log_std) of q(z|x), each (B, L)."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        w0, w1, w2, w3 = cfg.enc_widths
+        self.net = nn.Sequential(
+            nn.Conv2d(cfg.channels, w0, 3, 1, 1), nn.ReLU(),  # (B, w0, 32, 32)
+            nn.Conv2d(w0, w1, 3, 2, 1), nn.ReLU(),  # (B, w1, 16, 16)
+            nn.Conv2d(w1, w2, 3, 2, 1), nn.ReLU(),  # (B, w2, 8, 8)
+            nn.Conv2d(w2, w3, 3, 2, 1), nn.ReLU(),  # (B, w3, 4, 4)
+            nn.Flatten(),  # (B, w3 * 16)
+            nn.Linear(4 * 4 * w3, 2 * cfg.latent_dim),  # (B, 2L)
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(x).chunk(2, dim=1)  # (B, L), (B, L)
+        return mu, log_std
+
+
+class Decoder(nn.Module):
+    """z (B, L) -> the mean of p(x|z), (B, C, 32, 32), unbounded (the loss pulls it to [-1, 1])."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        d0, d1, d2, d3 = cfg.dec_widths
+        self.d0 = d0
+        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, 4 * 4 * d0), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(d0, d1, 4, 2, 1), nn.ReLU(),  # (B, d1, 8, 8)
+            nn.ConvTranspose2d(d1, d2, 4, 2, 1), nn.ReLU(),  # (B, d2, 16, 16)
+            nn.ConvTranspose2d(d2, d3, 4, 2, 1), nn.ReLU(),  # (B, d3, 32, 32)
+            nn.Conv2d(d3, cfg.channels, 3, 1, 1),  # (B, C, 32, 32)
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(-1, self.d0, 4, 4)  # (B, d0, 4, 4)
+        return self.net(h)
+
+
+class VAE(nn.Module):
+    """Conv VAE with a N(0, I) prior. `loss` takes raw uint8 images; everything else works on
+    [-1, 1] floats."""
+
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, C, 32, 32) in [-1, 1] -> (mu, log_std), each (B, L)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, L) -> decoder mean (B, C, 32, 32), not clamped."""
+        return self.decoder(z)
+
+    def kl(self, mu: torch.Tensor, log_std: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) per example, (B,): closed form against N(0, I). `z` (the
+        reparameterised sample) is unused here; models with a learned prior estimate with it."""
+        return gaussian_kl(mu, log_std)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """-ELBO = E_q ||x - dec(z)||^2 + KL(q(z|x) || p(z)), averaged over the batch, nats."""
+        x = to_unit(x)  # (B, C, 32, 32) in [-1, 1]
+        mu, log_std = self.encode(x)  # (B, L), (B, L)
+        z = reparameterize(mu, log_std)  # (B, L)
+        x_hat = self.decode(z)  # (B, C, 32, 32)
+        recon = (x - x_hat).pow(2).flatten(1).sum(1).mean()
+        kl = self.kl(mu, log_std, z).mean()
+        return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}
+
+    def prior_sample(self, n: int) -> torch.Tensor:
+        """n latents from the prior, (n, L)."""
+        return torch.randn(n, self.cfg.latent_dim, device=next(self.parameters()).device)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n images (n, C, 32, 32) in [-1, 1]: decoder means of z ~ p(z), as the course shows."""
+        return self.decode(self.prior_sample(n)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, C, 32, 32) in [-1, 1] -> decoder mean at the posterior mean, in [-1, 1]."""
+        mu, _ = self.encode(x)
+        return self.decode(mu).clamp(-1, 1)
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
+        """Decode `steps` evenly spaced points on the line between the posterior means of x1 and
+        x2 (each (B, C, 32, 32) in [-1, 1]); returns (B, steps, C, 32, 32) in [-1, 1]."""
+        mu1, _ = self.encode(x1)  # (B, L)
+        mu2, _ = self.encode(x2)
+        alpha = torch.linspace(0, 1, steps, device=mu1.device)[None, :, None]  # (1, S, 1)
+        z = (1 - alpha) * mu1[:, None] + alpha * mu2[:, None]  # (B, S, L)
+        x = self.decode(z.flatten(0, 1)).clamp(-1, 1)  # (B * S, C, 32, 32)
+        return x.view(len(x1), steps, *x.shape[1:])

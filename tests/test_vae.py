@@ -1,0 +1,153 @@
+"""Properties of the image VAE, the VLAE and the MADE block they use (course Q2)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from lvm import registry
+from lvm.data import DataInfo, load, to_unit
+from lvm.distributions import gaussian_kl, gaussian_log_prob, standard_normal_log_prob
+from lvm.made import MADE
+from lvm.train import TrainConfig, fit
+from lvm.vae import VAE, VAEConfig
+from lvm.vlae import VLAE, AutoregressiveFlowPrior, VLAEConfig
+
+TINY = dict(latent_dim=4, enc_widths=(4, 8, 8, 8), dec_widths=(8, 8, 8, 4))
+
+
+def tiny(model: str, channels: int = 3) -> VAE:
+    if model == "vae":
+        return VAE(VAEConfig(channels=channels, **TINY))
+    return VLAE(VLAEConfig(channels=channels, made_hidden=(32, 32), **TINY))
+
+
+def images(n: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, channels, 32, 32), generator=g, dtype=torch.uint8)
+
+
+def test_closed_form_kl_matches_monte_carlo():
+    torch.manual_seed(0)
+    mu, log_std = torch.randn(3, 5), 0.5 * torch.randn(3, 5)  # 3 posteriors over 5 dims
+    z = mu + log_std.exp() * torch.randn(200_000, 3, 5)  # (S, 3, 5)
+    log_ratio = (gaussian_log_prob(z, mu, log_std) - standard_normal_log_prob(z)).sum(-1)  # (S, 3)
+    mc, stderr = log_ratio.mean(0), log_ratio.std(0) / len(z) ** 0.5
+    exact = gaussian_kl(mu, log_std)  # (3,)
+    assert torch.all((mc - exact).abs() < 4 * stderr + 1e-3), (mc, exact, stderr)
+
+
+@pytest.mark.parametrize("hidden", [(32, 32), (7,), (64, 16, 64)])
+def test_made_output_i_depends_only_on_inputs_before_i(hidden):
+    torch.manual_seed(0)
+    dim, n_out = 6, 2
+    made = MADE(dim, hidden, n_out)
+    x = torch.randn(16, dim, requires_grad=True)
+    out = made(x)
+    assert out.shape == (16, dim, n_out)
+    for i in range(dim):
+        for k in range(n_out):
+            (grad,) = torch.autograd.grad(out[:, i, k].sum(), x, retain_graph=True)
+            assert torch.all(grad[:, i:] == 0), f"output {i} sees inputs >= {i}"
+            if i > 0 and len(hidden) < 3:  # with wide enough layers every output sees its past
+                assert grad[:, :i].abs().sum() > 0, f"output {i} sees none of its inputs"
+    assert made.net[0].mask.requires_grad is False
+    assert "net.0.mask" in made.state_dict()  # masks are buffers: saved and moved, not trained
+
+
+def random_flow(dim: int = 5) -> AutoregressiveFlowPrior:
+    torch.manual_seed(0)
+    flow = AutoregressiveFlowPrior(dim, (32, 32), max_log_scale=3.0).double()
+    with torch.no_grad():  # larger weights than at init, so scales and shifts are far from 1 and 0
+        for p in flow.parameters():
+            p.mul_(3.0)
+    return flow
+
+
+def test_flow_log_det_equals_autograd_jacobian():
+    flow = random_flow()
+    for seed in range(4):
+        z = torch.randn(5, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        jac = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0][0], z)  # (D, D)
+        assert torch.allclose(jac, jac.tril()), "eps_i must depend on z_<=i only"
+        _, log_det = flow(z[None])
+        sign, log_abs = torch.linalg.slogdet(jac)
+        assert sign > 0
+        assert torch.allclose(log_det[0], log_abs, atol=1e-9), (log_det, log_abs)
+
+
+def test_prior_sampling_inverts_the_flow():
+    flow = random_flow()
+    eps = torch.randn(64, 5, dtype=torch.float64)
+    z = flow.inverse(eps)
+    back, _ = flow(z)
+    assert torch.allclose(back, eps, atol=1e-9)
+    assert not torch.allclose(z, eps)  # the flow is not the identity
+
+
+@pytest.mark.parametrize("model", ["vae", "vlae"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_shapes(model, channels):
+    torch.manual_seed(0)
+    m = tiny(model, channels)
+    x = to_unit(images(6, channels))
+    terms = m.loss(images(6, channels))
+    assert set(terms) == {"loss", "recon_loss", "kl_loss"}
+    assert all(t.shape == () and torch.isfinite(t) for t in terms.values())
+    assert torch.allclose(terms["loss"], terms["recon_loss"] + terms["kl_loss"])
+    samples = m.sample(7)
+    assert samples.shape == (7, channels, 32, 32) and samples.abs().max() <= 1
+    assert m.reconstruct(x).shape == (6, channels, 32, 32)
+    rows = m.interpolate(x[:3], x[3:], steps=5)
+    assert rows.shape == (3, 5, channels, 32, 32)
+    # the ends of each row decode the two latent means themselves
+    assert torch.allclose(rows[:, 0], m.reconstruct(x[:3]), atol=1e-5)
+    assert torch.allclose(rows[:, -1], m.reconstruct(x[3:]), atol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["vae", "vlae"])
+def test_checkpoint_round_trips(model):
+    torch.manual_seed(0)
+    m = tiny(model)
+    with torch.no_grad():  # move away from the initialisation a fresh build would also give
+        for p in m.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    buffer = io.BytesIO()
+    torch.save(m.state_dict(), buffer)
+    config = json.loads(json.dumps(asdict(m.cfg)))  # as a checkpoint's meta stores it
+    info = DataInfo("shapes", "image", (3, 32, 32))
+    rebuilt = registry.get(model).build(config, info)
+    assert type(rebuilt) is type(m) and rebuilt.cfg == m.cfg
+    buffer.seek(0)
+    rebuilt.load_state_dict(torch.load(buffer, weights_only=True))
+    x = images(8)
+    torch.manual_seed(1)
+    a = m.loss(x)
+    torch.manual_seed(1)
+    b = rebuilt.loss(x)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@functools.lru_cache(maxsize=1)
+def real_slice():
+    name = "fashion-mnist" if Path("/usr/share/datasets/fashion-mnist").is_dir() else "shapes"
+    return load(name, train_limit=2000, test_limit=500, download=False)
+
+
+@pytest.mark.parametrize("model", ["vae", "vlae"])
+def test_training_lowers_test_neg_elbo(model):
+    data = real_slice()
+    torch.manual_seed(0)
+    m = tiny(model, data.info.channels)
+    history = fit(m, data.train, data.test, TrainConfig(epochs=3, batch_size=32, device="cpu"))
+    loss = history.test["loss"]
+    assert len(history.train["loss"]) == 3 * 63  # ~200 steps
+    assert loss[-1] < 0.6 * loss[0], loss
+    assert all(a > b for a, b in zip(loss, loss[1:])), loss  # and every epoch helps
+    assert history.test["kl_loss"][-1] > 0  # the latent is in use
