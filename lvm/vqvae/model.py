@@ -1,0 +1,103 @@
+"""The VQ-VAE of the course's Q3 (van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete
+Representation Learning", 2017).
+
+A convolutional encoder maps a 32x32 image to an 8x8 map of D-dimensional vectors; each vector
+is replaced by its nearest code of a K-entry codebook (`quantizer.py`); a mirror-image decoder
+maps the codes back to an image. Training minimises
+
+    per-pixel MSE(x, decoder(quantised)) + ||sg(z) - e||^2 + beta ||z - sg(e)||^2
+
+on images scaled to [-1, 1]. The model itself has no prior: generation samples an 8x8 grid of
+code indices from a PixelCNN trained afterwards on the codes of the training set (`lvm.pixelcnn`)
+and decodes it (`decode_indices`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lvm.data import to_unit
+from lvm.vqvae.quantizer import VectorQuantizer
+
+
+@dataclass
+class VQVAEConfig:
+    """Defaults are the course's except `restart_dead` (see its comment)."""
+
+    num_codes: int = 128  # K, the codebook's size
+    code_dim: int = 256  # D, the width of a code; also the width of every layer (the course's)
+    beta: float = 1.0  # weight of the commitment term
+    ema_decay: float | None = None  # None = codebook learned by gradient (course); e.g. 0.99 = EMA
+    # Restart codes unused for `restart_window` training steps. On by default: with the course's
+    # quantizer alone, codes far from the encoder's outputs are never picked and stay dead (see
+    # the measurement in this package's __init__). Off reproduces the course exactly.
+    restart_dead: bool = True
+    restart_window: int = 20  # training steps without a single assignment before a restart
+    channels: int = 3  # image channels C (1 for Fashion-MNIST, 3 for colour)
+    width: int | None = None  # layer width; None = code_dim. Tests shrink it to run fast.
+
+
+class ResBlock(nn.Module):
+    """The course's residual block: x + [BN relu conv3x3 BN relu conv1x1]."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.BatchNorm2d(d), nn.ReLU(), nn.Conv2d(d, d, 3, 1, 1),
+            nn.BatchNorm2d(d), nn.ReLU(), nn.Conv2d(d, d, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class VQVAE(nn.Module):
+    def __init__(self, cfg: VQVAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, D, d = cfg.channels, cfg.code_dim, cfg.width or cfg.code_dim
+        self.encoder = nn.Sequential(
+            nn.Conv2d(C, d, 4, 2, 1), nn.BatchNorm2d(d), nn.ReLU(),  # 32 -> 16
+            nn.Conv2d(d, D, 4, 2, 1),  # 16 -> 8
+            ResBlock(D), ResBlock(D),
+        )
+        self.vq = VectorQuantizer(cfg.num_codes, D, cfg.beta, cfg.ema_decay,
+                                  cfg.restart_dead, cfg.restart_window)
+        self.decoder = nn.Sequential(
+            ResBlock(D), ResBlock(D),
+            nn.BatchNorm2d(D), nn.ReLU(), nn.ConvTranspose2d(D, d, 4, 2, 1),  # 8 -> 16
+            nn.BatchNorm2d(d), nn.ReLU(), nn.ConvTranspose2d(d, C, 4, 2, 1),  # 16 -> 32
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 images -> (reconstruction on [-1, 1] scale, code indices, vq loss)."""
+        z = self.encoder(to_unit(x))  # (B, D, 8, 8)
+        quantized, indices, vq_loss = self.vq(z)  # (B, D, 8, 8), (B, 8, 8), ()
+        return self.decoder(quantized), indices, vq_loss  # (B, C, 32, 32)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The course's VQ-VAE loss: per-pixel MSE on [-1, 1] + codebook + commitment terms."""
+        x_hat, _, vq_loss = self(x)
+        recon = F.mse_loss(x_hat, to_unit(x))
+        return {"loss": recon + vq_loss, "recon_loss": recon, "vq_loss": vq_loss}
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, C, 32, 32) -> code indices (B, 8, 8), int64."""
+        z = self.encoder(to_unit(x))  # (B, D, 8, 8)
+        B, D, H, W = z.shape
+        return self.vq.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, H, W)
+
+    @torch.no_grad()
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, 8, 8) -> images (B, C, 32, 32) clamped to [-1, 1]."""
+        return self.decoder(self.vq.lookup(indices)).clamp(-1, 1)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> their reconstructions through the codebook, in [-1, 1]."""
+        return self.decode_indices(self.encode(x))
