@@ -1,0 +1,97 @@
+"""Causal convolutions for autoregressive grid models.
+
+- `MaskedConv2d`: the PixelCNN's masked convolution (van den Oord et al. 2016, "Pixel Recurrent
+  Neural Networks"). In raster order, type "A" sees only the positions strictly before the
+  centre (first layer: a position must not see itself); type "B" also sees the centre (later
+  layers: the centre then holds features of strictly earlier inputs).
+- `GatedLayer`: one layer of the Gated PixelCNN (van den Oord et al. 2016, "Conditional Image
+  Generation with PixelCNN Decoders"): a vertical stack that sees the rows above and a
+  horizontal stack that sees the current row to the left, gated `tanh(a) * sigmoid(b)`
+  activations, a 1x1 link from the vertical to the horizontal stack, a residual connection on the
+  horizontal stack. A plain masked 3x3 stack never sees the region up and to the right of its
+  cone (the "blind spot"); splitting the receptive field into the two stacks removes it.
+
+The vertical stack here is built with the "shift down" trick: its convolution covers the rows
+above AND the current row (a (k//2 + 1) x k kernel, padded on top), so its output at row i
+depends on inputs of rows <= i only, and it is fed to the horizontal stack shifted down by one
+row, where row i then sees rows < i only: every pixel of every earlier row, to both sides.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A square 'same' convolution whose kernel is masked to the raster-order past.
+
+    mask_type "A": rows above the centre, and the centre row left of the centre.
+    mask_type "B": the same plus the centre itself.
+    """
+
+    def __init__(self, mask_type: str, in_channels: int, out_channels: int, kernel_size: int):
+        if mask_type not in ("A", "B"):
+            raise ValueError(f"mask_type must be 'A' or 'B', got {mask_type!r}")
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.mask_type = mask_type
+        c = kernel_size // 2
+        mask = torch.zeros(kernel_size, kernel_size)
+        mask[:c, :] = 1  # every row above the centre
+        mask[c, : c + (mask_type == "B")] = 1  # the centre row: left of the centre (B: and it)
+        self.register_buffer("mask", mask[None, None])  # (1, 1, k, k), saved with the model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # masking the weight on every call (not once at init) keeps the masked taps at zero
+        # whatever the optimiser does to them
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+def down_shift(x: torch.Tensor) -> torch.Tensor:
+    """Move every row one down (zeros enter at the top): row i then holds row i - 1."""
+    return F.pad(x, (0, 0, 1, 0))[:, :, :-1]  # (B, C, H, W)
+
+
+def gate(x: torch.Tensor) -> torch.Tensor:
+    """The gated activation tanh(a) * sigmoid(b) of the two channel halves."""
+    a, b = x.chunk(2, dim=1)  # (B, C, H, W) each
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
+class GatedLayer(nn.Module):
+    """One layer of both stacks: (v, h) -> (v', h').
+
+    v' at row i depends on inputs of rows <= i (used by the next layer's horizontal stack only
+    after `down_shift`); h' at (i, j) depends on inputs strictly before (i, j) in raster order
+    (first=True: the input at (i, j) itself is excluded, like mask "A") or up to and including
+    (i, j) of the previous layer's features (first=False, like mask "B").
+    """
+
+    def __init__(self, in_channels: int, channels: int, kernel_size: int, first: bool = False):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        self.first = first
+        self.k = kernel_size // 2
+        # vertical: k+1 rows (k above + the current one) by 2k+1 columns
+        self.v_conv = nn.Conv2d(in_channels, 2 * channels, (self.k + 1, 2 * self.k + 1))
+        # horizontal: the k columns to the left, plus the current one unless this is the first layer
+        self.h_conv = nn.Conv2d(in_channels, 2 * channels, (1, self.k + (not first)))
+        self.link = nn.Conv2d(2 * channels, 2 * channels, 1)  # vertical -> horizontal
+        self.h_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.k
+        W = h.shape[-1]
+        v_pre = self.v_conv(F.pad(v, (k, k, k, 0)))  # (B, 2C, H, W): rows i-k..i
+        h_in = F.pad(h, (k, 0, 0, 0))  # (B, C_in, H, W + k): k zero columns on the left
+        h_pre = self.h_conv(h_in)[..., :W]  # (B, 2C, H, W): columns j-k..j (first: j-k..j-1)
+        h_pre = h_pre + self.link(down_shift(v_pre))  # rows < i only reach the horizontal stack
+        v = gate(v_pre)  # (B, C, H, W)
+        out = self.h_out(gate(h_pre))  # (B, C, H, W)
+        # no residual on the first layer: its input at (i, j) is the token at (i, j) itself
+        h = out if self.first else h + out
+        return v, h

@@ -1,0 +1,171 @@
+"""Autoregressive models of an H x W grid of integer tokens: the PixelCNN (van den Oord et al.
+2016, "Pixel Recurrent Neural Networks") and the Gated PixelCNN (van den Oord et al. 2016,
+"Conditional Image Generation with PixelCNN Decoders").
+
+Both model p(x) = prod_i p(x_i | x_<i) in raster order with a categorical distribution over
+`levels` values at every position. They serve as priors over VQ-VAE code grids (course Q3 and
+Q4a) and as image models of binarised images (levels = 2).
+
+The contract every grid model here keeps:
+    model.logits(x)          x (B, H, W) (or (B, 1, H, W)) integer tokens -> (B, levels, H, W)
+    model.loss(x)            {"loss": mean negative log-likelihood per position, nats}
+    model.sample(n, (H, W))  (n, H, W) int64 tokens, on the model's device
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lvm.pixelcnn.layers import GatedLayer, MaskedConv2d
+
+
+class GridModel(nn.Module):
+    """What both models share: tokens in through an embedding, cross-entropy out, sampling.
+
+    A subclass sets `self.embed` and implements `stack(e)`: embedded grid (B, E, H, W) ->
+    logits (B, levels, H, W), where the logits at a position depend only on the embeddings of
+    the positions before it in raster order (the tests check this through `stack`).
+    """
+
+    levels: int
+    embed: nn.Embedding
+    # how far the logits at one position look: rows above and columns to either side
+    reach: int
+
+    def stack(self, e: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 4:  # (B, 1, H, W) images as stored: one channel of tokens
+            x = x.squeeze(1)
+        e = self.embed(x.long()).permute(0, 3, 1, 2)  # (B, E, H, W)
+        return self.stack(e)  # (B, levels, H, W)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Negative log-likelihood, averaged over the batch and the positions, in nats."""
+        if x.dim() == 4:
+            x = x.squeeze(1)
+        return {"loss": F.cross_entropy(self.logits(x), x.long())}
+
+    @torch.no_grad()
+    def sample(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
+        """n grids drawn position by position in raster order: H * W forward passes, each
+        batched over all n samples."""
+        H, W = shape
+        was_training = self.training
+        self.eval()
+        r = self.reach
+        x = torch.zeros(n, H, W, dtype=torch.long, device=self.embed.weight.device)
+        for i in range(H):
+            for j in range(W):
+                # The pass runs on the window the logits at (i, j) can see: rows i-r..i, columns
+                # j-r..j+r. Features near the window's edges come out wrong (zero padding where
+                # the grid has tokens), but (i, j) depends on none of them, so its logits are
+                # exact (tested), at a fraction of the cost of the whole grid.
+                top, left = max(0, i - r), max(0, j - r)
+                window = x[:, top : i + 1, left : j + r + 1]  # (n, <= r+1, <= 2r+1)
+                logits = self.logits(window)[:, :, i - top, j - left]  # (n, levels)
+                x[:, i, j] = torch.multinomial(F.softmax(logits, dim=1), 1).squeeze(1)
+        self.train(was_training)
+        return x  # (n, H, W)
+
+
+@dataclass
+class PixelCNNConfig:
+    """The course's Q3 prior (defaults); the widths are fields so tests can shrink them."""
+
+    levels: int = 128  # number of token values (VQ-VAE: codebook size K; binary images: 2)
+    embed_dim: int = 64  # token embedding size (the course's 64; its solution used 128)
+    channels: int = 128  # width of the residual stack
+    n_blocks: int = 10  # residual blocks (the course: 10 for SVHN, 15 for CIFAR-10)
+    first_kernel: int = 7  # the type-A masked convolution
+    kernel: int = 3  # the type-B masked convolution in each residual block
+    head_channels: int = 512  # the 1x1 output head's hidden width
+
+
+class ResidualBlock(nn.Module):
+    """relu, 1x1 down to half width, relu, masked 3x3 (B), relu, 1x1 up, add."""
+
+    def __init__(self, channels: int, kernel: int):
+        super().__init__()
+        half = channels // 2
+        self.net = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, half, 1),
+            nn.ReLU(), MaskedConv2d("B", half, half, kernel),
+            nn.ReLU(), nn.Conv2d(half, channels, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)  # (B, C, H, W)
+
+
+class PixelCNN(GridModel):
+    def __init__(self, cfg: PixelCNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.levels = cfg.levels
+        # the 7x7 conv looks 3 positions each way, every 3x3 one more
+        self.reach = cfg.first_kernel // 2 + cfg.n_blocks * (cfg.kernel // 2)
+        self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
+        self.net = nn.Sequential(
+            MaskedConv2d("A", cfg.embed_dim, cfg.channels, cfg.first_kernel),
+            *[ResidualBlock(cfg.channels, cfg.kernel) for _ in range(cfg.n_blocks)],
+            # 1x1 convolutions mix channels at one position only: causality is kept
+            nn.ReLU(), nn.Conv2d(cfg.channels, cfg.head_channels, 1),
+            nn.ReLU(), nn.Conv2d(cfg.head_channels, cfg.levels, 1),
+        )
+
+    def stack(self, e: torch.Tensor) -> torch.Tensor:
+        return self.net(e)  # (B, levels, H, W)
+
+
+@dataclass
+class GatedPixelCNNConfig:
+    """The course's Q4a prior: 15 gated layers of 128 (defaults)."""
+
+    levels: int = 128  # number of token values
+    embed_dim: int = 64  # token embedding size
+    channels: int = 128  # width of both stacks
+    n_layers: int = 15  # gated layers, the first one excluding the current position
+    first_kernel: int = 7  # kernel of the first layer (as the PixelCNN's 7x7 type-A conv)
+    kernel: int = 3  # kernel of the other layers
+    head_channels: int = 512  # the 1x1 output head's hidden width
+
+
+class GatedPixelCNN(GridModel):
+    def __init__(self, cfg: GatedPixelCNNConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.levels = cfg.levels
+        # each layer widens one of the paths by its kernel's half width; the shift down adds a row
+        self.reach = cfg.first_kernel // 2 + (cfg.n_layers - 1) * (cfg.kernel // 2) + 1
+        self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
+        self.layers = nn.ModuleList(
+            [GatedLayer(cfg.embed_dim, cfg.channels, cfg.first_kernel, first=True)]
+            + [GatedLayer(cfg.channels, cfg.channels, cfg.kernel) for _ in range(cfg.n_layers - 1)]
+        )
+        self.head = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(cfg.channels, cfg.head_channels, 1),
+            nn.ReLU(), nn.Conv2d(cfg.head_channels, cfg.levels, 1),
+        )
+
+    def stack(self, e: torch.Tensor) -> torch.Tensor:
+        v, h = e, e  # both stacks start from the embedded grid
+        for layer in self.layers:
+            v, h = layer(v, h)  # (B, C, H, W) each
+        return self.head(h)  # (B, levels, H, W): only the horizontal stack is read out
+
+
+PRIORS = {"pixelcnn": (PixelCNN, PixelCNNConfig), "gated": (GatedPixelCNN, GatedPixelCNNConfig)}
+
+
+def make_prior(kind: str, levels: int, **overrides) -> GridModel:
+    """A grid model by name: `make_prior("gated", levels=128, channels=64)`."""
+    if kind not in PRIORS:
+        raise ValueError(f"unknown prior {kind!r}; choose one of: {', '.join(PRIORS)}")
+    model_cls, cfg_cls = PRIORS[kind]
+    return model_cls(cfg_cls(levels=levels, **overrides))
