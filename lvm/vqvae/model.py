@@ -35,7 +35,8 @@ class VQVAEConfig:
     # on shapes (2,000 images, 3 epochs, 48 steps, test 500): course 29/128 codes used on test,
     # test MSE 0.138; restarts alone 29/128, MSE 0.109; EMA 0.99 alone 18/128, MSE 0.059. EMA
     # learns far faster, restarts revive codes: the default uses both (ema_decay=None,
-    # restart_dead=False gives the course's quantizer back).
+    # restart_dead=False gives the course's quantizer back). With both, on the real runs: shapes
+    # (4,000 images, 3 epochs) 125/128 codes on test; fashion-mnist (2,000, 3 epochs) 114/128.
     ema_decay: float | None = 0.99
     restart_dead: bool = True
     restart_window: int = 10  # training steps without a single assignment before a restart
