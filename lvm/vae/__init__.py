@@ -56,7 +56,7 @@ register(Entry(
     name="vae",
     summary="convolutional VAE, 16-d latent, N(0, I) prior (course Q2a)",
     kinds=("image",),
-    default_dataset="svhn",
+    default_dataset="shapes",  # built in; the course used svhn (pass --dataset svhn)
     train=TrainConfig(epochs=20, batch_size=128, lr=1e-3),
     run=run,
     build=build,

@@ -27,7 +27,7 @@ register(Entry(
     name="vlae",
     summary="convolutional VAE with a MADE autoregressive-flow prior (course Q2b)",
     kinds=("image",),
-    default_dataset="svhn",
+    default_dataset="shapes",  # built in; the course used svhn (pass --dataset svhn)
     train=TrainConfig(epochs=20, batch_size=128, lr=1e-3),
     run=run,
     build=build,

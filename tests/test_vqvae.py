@@ -1,0 +1,233 @@
+"""VQ-VAE: the quantizer's invariants, the course's shapes, learning on real data, and the full
+two-stage run with a stand-in prior (a per-position categorical with the PixelCNN's contract,
+so the test does not depend on, or wait for, a PixelCNN's 64 sequential sampling passes)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import lvm.vqvae
+from lvm import data as datasets
+from lvm import experiment
+from lvm.train import TrainConfig, fit
+from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, codebook_usage, encode_all
+
+torch.set_num_threads(1)
+
+
+def tiny(**kw) -> VQVAEConfig:
+    return VQVAEConfig(**{"num_codes": 16, "code_dim": 8, "width": 8, **kw})
+
+
+# ----------------------------------------------------------------------------- quantizer
+
+
+def test_lookup_of_indices_is_the_quantized_tensor():
+    torch.manual_seed(0)
+    vq = VectorQuantizer(num_codes=16, code_dim=5).eval()
+    vq.codebook.data.normal_()
+    z = torch.randn(3, 5, 4, 6)
+    quantized, indices, loss = vq(z)
+    assert quantized.shape == z.shape and indices.shape == (3, 4, 6) and indices.dtype == torch.int64
+    torch.testing.assert_close(vq.lookup(indices), quantized, atol=1e-6, rtol=0)
+    # and the loss is codebook + beta * commitment, both equal to the mean squared distance in value
+    assert loss.item() == pytest.approx(2 * F.mse_loss(z, vq.lookup(indices)).item(), rel=1e-5)
+
+
+def test_indices_are_the_nearest_codes():
+    torch.manual_seed(1)
+    vq = VectorQuantizer(num_codes=32, code_dim=7).eval()
+    vq.codebook.data.normal_()
+    z = torch.randn(4, 7, 5, 5)
+    _, indices, _ = vq(z)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 7)
+    expected = torch.cdist(flat, vq.codebook.data).argmin(1)
+    assert torch.equal(indices.flatten(), expected)
+
+
+def test_straight_through_gradient_reaches_encoder_unchanged():
+    torch.manual_seed(2)
+    model = VQVAE(tiny(channels=3)).train()
+    seen = {}
+
+    def keep_output(module, inputs, output):
+        output.retain_grad()
+        seen["z"] = output
+
+    def keep_input(module, inputs):
+        inputs[0].retain_grad()
+        seen["q"] = inputs[0]
+
+    model.encoder.register_forward_hook(keep_output)
+    model.decoder.register_forward_pre_hook(keep_input)
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    x_hat, _, _ = model(x)
+    # Only the reconstruction: the vq loss adds its own (commitment) gradient to z on purpose.
+    F.mse_loss(x_hat, datasets.to_unit(x)).backward()
+    assert seen["q"].grad.abs().sum() > 0
+    torch.testing.assert_close(seen["z"].grad, seen["q"].grad, atol=0, rtol=0)
+
+
+def _assignments(vq: VectorQuantizer, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    flat = z.permute(0, 2, 3, 1).reshape(-1, vq.code_dim)
+    return flat, vq.nearest(flat)
+
+
+def test_ema_with_decay_zero_moves_codes_to_the_mean_of_their_vectors():
+    torch.manual_seed(3)
+    vq = VectorQuantizer(num_codes=8, code_dim=4, ema_decay=0.0)
+    vq.codebook.data.normal_()
+    before = vq.codebook.data.clone()
+    z = torch.randn(2, 4, 6, 6)
+    flat, idx = _assignments(vq, z)
+    vq.train()(z)
+    for k in range(8):
+        if (idx == k).any():
+            torch.testing.assert_close(vq.codebook.data[k], flat[idx == k].mean(0))
+        else:
+            assert torch.equal(vq.codebook.data[k], before[k])  # an unassigned code stays put
+    assert not vq.codebook.requires_grad  # EMA codes get no gradient
+
+
+def test_ema_with_decay_moves_codes_towards_the_mean():
+    torch.manual_seed(4)
+    vq = VectorQuantizer(num_codes=8, code_dim=4, ema_decay=0.9)
+    vq.codebook.data.normal_()
+    vq.ema_sum.copy_(vq.codebook.data)
+    before = vq.codebook.data.clone()
+    z = torch.randn(2, 4, 6, 6) + 3.0
+    flat, idx = _assignments(vq, z)
+    vq.train()(z)
+    for k in idx.unique():
+        mean = flat[idx == k].mean(0)
+        assert (vq.codebook.data[k] - mean).norm() < (before[k] - mean).norm()
+
+
+def test_dead_code_is_restarted_at_an_encoder_output():
+    torch.manual_seed(5)
+    vq = VectorQuantizer(num_codes=8, code_dim=3, restart_dead=True, restart_window=3).train()
+    vq.codebook.data.normal_()
+    vq.codebook.data[7] = 100.0  # far from every input: never picked
+    z = torch.randn(2, 3, 4, 4)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 3)
+    vq(z)
+    vq(z)
+    assert vq.codebook.data[7].eq(100.0).all()  # not yet: only 2 steps unused
+    vq(z)
+    code = vq.codebook.data[7]
+    assert (flat - code).abs().sum(1).min() < 1e-6  # now it sits on one of the batch's vectors
+    assert vq.steps_unused[7] == 0
+
+
+def test_codebook_usage_on_hand_made_indices():
+    assert codebook_usage(torch.tensor([0, 1, 2, 3]), 8) == {"perplexity": pytest.approx(4.0), "codes_used": 4}
+    assert codebook_usage(torch.tensor([[5, 5], [5, 5]]), 8) == {"perplexity": pytest.approx(1.0), "codes_used": 1}
+    usage = codebook_usage(torch.tensor([0, 0, 1, 2]), 8)  # p = (1/2, 1/4, 1/4): H = 1.5 ln 2
+    assert usage["perplexity"] == pytest.approx(2**1.5) and usage["codes_used"] == 3
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_encoder_gives_8x8_codes_and_decoder_images(channels):
+    model = VQVAE(tiny(channels=channels)).eval()
+    x = torch.randint(0, 256, (5, channels, 32, 32), dtype=torch.uint8)
+    codes = model.encode(x)
+    assert codes.shape == (5, 8, 8) and codes.dtype == torch.int64
+    assert 0 <= codes.min() and codes.max() < 16
+    images = model.decode_indices(codes)
+    assert images.shape == (5, channels, 32, 32) and images.abs().max() <= 1
+    terms = model.loss(x)
+    assert set(terms) == {"loss", "recon_loss", "vq_loss"}
+    assert terms["loss"].item() == pytest.approx((terms["recon_loss"] + terms["vq_loss"]).item())
+
+
+def test_course_architecture_at_full_width():
+    model = VQVAE(VQVAEConfig(channels=3))
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))]
+    assert (convs[0].in_channels, convs[0].out_channels, convs[0].kernel_size, convs[0].stride) == (3, 256, (4, 4), (2, 2))
+    assert model.vq.codebook.shape == (128, 256)
+    assert model.vq.codebook.abs().max() <= 1 / 128
+
+
+def test_training_lowers_test_reconstruction_loss():
+    name = "fashion-mnist" if datasets.DEBIAN_FASHION_MNIST.is_dir() else "shapes"
+    data = datasets.load(name, train_limit=1024, test_limit=256, download=False)
+    torch.manual_seed(0)
+    model = VQVAE(tiny(channels=data.info.channels, num_codes=32, code_dim=16, width=16))
+    history = fit(model, data.train, data.test, TrainConfig(epochs=6, batch_size=32, grad_clip=1.0))
+    recon = history.test["recon_loss"]
+    assert len(history.train["loss"]) == 6 * 32  # a few hundred steps
+    assert recon[-1] < 0.5 * recon[0]
+    assert codebook_usage(encode_all(model, data.test), 32)["codes_used"] > 1
+
+
+# ----------------------------------------------------------------------------- the full run
+
+
+class StandInPrior(nn.Module):
+    """Independent categorical per code position, with the PixelCNN prior's contract."""
+
+    def __init__(self, levels: int, size: tuple[int, int] = (8, 8)):
+        super().__init__()
+        self.levels = levels
+        self.logits = nn.Parameter(torch.zeros(levels, *size))  # (K, H, W)
+
+    def loss(self, codes: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.logits.expand(len(codes), *self.logits.shape)  # (B, K, H, W)
+        return {"loss": F.cross_entropy(logits, codes)}
+
+    @torch.no_grad()
+    def sample(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
+        probs = self.logits.softmax(0).permute(1, 2, 0).reshape(-1, self.levels)  # (H*W, K)
+        return torch.multinomial(probs, n, replacement=True).t().reshape(n, *shape)  # (n, H, W)
+
+
+@pytest.fixture
+def stand_in_prior(monkeypatch):
+    made = []
+
+    def make(kind, levels):
+        made.append(kind)
+        return StandInPrior(levels)
+
+    monkeypatch.setattr(lvm.vqvae, "make_prior", make)
+    return made
+
+
+def test_full_run_writes_every_file_and_resumes(tmp_path: Path, stand_in_prior):
+    kw = dict(out=tmp_path, train_limit=64, test_limit=60, download=False, epochs=1, batch_size=32)
+    metrics = experiment.run("vqvae", "shapes", options={"prior_epochs": 2, "prior": "gated"}, **kw)
+    for f in ("vqvae_checkpoint.pt", "vqvae_history.json", "vqvae_train_plot.png", "prior_checkpoint.pt",
+              "prior_history.json", "prior_train_plot.png", "samples.png", "reconstructions.png",
+              "codes.png", "metrics.json"):
+        assert (tmp_path / f).is_file(), f
+    assert stand_in_prior == ["gated"]
+    test = metrics["test"]
+    assert set(test) >= {"loss", "recon_loss", "vq_loss", "perplexity", "codes_used", "prior_nll"}
+    assert 1 <= test["codes_used"] <= 128 and 1 <= test["perplexity"] <= test["codes_used"] + 1e-6
+    assert metrics["prior_test"]["nll"] == test["prior_nll"] < math.log(128)  # beat uniform after training
+    assert metrics["sample_seconds"] > 0
+    assert metrics["config"]["model"]["prior"] == {"kind": "gated", "levels": 128}
+    assert json.loads((tmp_path / "prior_history.json").read_text())["test"]["loss"][0] == pytest.approx(math.log(128))
+
+    # Both stages rebuild from their checkpoints.
+    vqvae, meta = experiment.load_model(tmp_path / "vqvae_checkpoint.pt")
+    assert isinstance(vqvae, VQVAE) and meta["stage"] == "vqvae"
+    prior, meta = experiment.load_model(tmp_path / "prior_checkpoint.pt")
+    assert isinstance(prior, StandInPrior) and meta["stage"] == "prior"
+
+    # Resuming finished stages trains nothing more and gives the same numbers.
+    again = experiment.run("vqvae", "shapes", resume=True, options={"prior_epochs": 2, "prior": "gated"}, **kw)
+    for k in ("loss", "recon_loss", "vq_loss", "prior_nll", "codes_used"):
+        assert again["test"][k] == pytest.approx(test[k], rel=1e-5)
+    history = json.loads((tmp_path / "prior_history.json").read_text())
+    assert len(history["test"]["loss"]) == 3  # init + 2 epochs, not 5
