@@ -437,7 +437,8 @@ show(plotting.plot_training(hist.train, hist.test, out / "vq_curves.png", f"vqva
                             {"loss": "VQ-VAE loss", "recon_loss": "reconstruction (MSE)", "vq_loss": "codebook + commitment"}))
 model.eval()
 train_codes, test_codes = encode_all(model, data.train), encode_all(model, data.test)   # (N, 8, 8)
-print("codes used on the test set:", codebook_usage(test_codes, cfg.num_codes))
+usage = codebook_usage(test_codes, cfg.num_codes)
+print(f"codes used on the test set: {usage['codes_used']} of {cfg.num_codes} (perplexity {usage['perplexity']:.1f})")
 x = data.test[:20]
 show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.reconstruct(x)),
                                    out / "vq_recon.png", "test images (left) and reconstructions"))
