@@ -86,13 +86,18 @@ def _filtered(tree: ast.Module, skip_calls: set[str]) -> ast.Module:
                     return True
         return False
 
-    keep = []
-    for node in tree.body:
-        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            keep.append(node)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None and not calls_skipped(node.value):
-            keep.append(node)
-    return ast.Module(body=keep, type_ignores=[])
+    def definitional(node: ast.AST) -> bool:
+        if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Pass)):
+            return True
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            return node.value is not None and not calls_skipped(node.value)
+        if isinstance(node, (ast.If, ast.Try)):  # `if torch.cuda.is_available(): device = ...`
+            body = node.body + node.orelse + getattr(node, "finalbody", [])
+            body += [s for h in getattr(node, "handlers", []) for s in h.body]
+            return not calls_skipped(getattr(node, "test", ast.Pass())) and all(definitional(s) for s in body)
+        return False
+
+    return ast.Module(body=[node for node in tree.body if definitional(node)], type_ignores=[])
 
 
 def load_functions(path: str | Path) -> tuple[dict[str, Any], list[str]]:

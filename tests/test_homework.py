@@ -197,8 +197,9 @@ def test_wrong_image_solutions_fail_with_the_reason(kwargs, message):
 
 def test_notebook_loader_runs_definitions_and_skips_training(tmp_path):
     cells = [
-        "import numpy as np\n%matplotlib inline\nEPOCHS = 3",
-        "def q1(train_data, test_data, part, dset_id):\n    return EPOCHS",
+        "import numpy as np\n%matplotlib inline\nEPOCHS = 3\nif EPOCHS > 1:\n    SCALE = 2\nelse:\n    SCALE = 1",
+        "def q1(train_data, test_data, part, dset_id):\n    return EPOCHS * SCALE",
+        "for part in 'ab':\n    save_results_q1(part, 1, q1)  # a loop that trains: skipped",
         "save_results_q1('a', 1, q1)  # would train: skipped",
         "results = save_results_q1('a', 1, q1)  # also skipped",
         "def broken(:\n    pass",
@@ -209,9 +210,9 @@ def test_notebook_loader_runs_definitions_and_skips_training(tmp_path):
     path = tmp_path / "student.ipynb"
     path.write_text(json.dumps(nb))
     namespace, notes = load_functions(path)
-    assert namespace["q1"](None, None, "a", 1) == 3
+    assert namespace["q1"](None, None, "a", 1) == 6
     assert "results" not in namespace and "train_data" not in namespace
-    assert notes == [f"{path} cell 5: syntax error on line 1: invalid syntax; cell skipped"]
+    assert notes == [f"{path} cell 6: syntax error on line 1: invalid syntax; cell skipped"]
 
 
 def test_grade_needs_a_file_or_reference():
