@@ -235,7 +235,10 @@ class Question:
 
 def _call(fn: Callable, result: Result, returns: tuple[str, ...], *args) -> tuple | None:
     """Call a student function; turn whatever goes wrong into one FAIL line."""
+    from lvm import homework
+
     name = getattr(fn, "__name__", "the function")
+    homework._GRADING = True  # lvm.homework.grading() tells the solution it is being graded
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             out = fn(*args)
@@ -249,6 +252,8 @@ def _call(fn: Callable, result: Result, returns: tuple[str, ...], *args) -> tupl
         where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
         result.fail(f"{name} raised {type(e).__name__}: {e}{where}")
         return None
+    finally:
+        homework._GRADING = False
     if not isinstance(out, (tuple, list)) or len(out) != len(returns):
         got = f"{len(out)} values" if isinstance(out, (tuple, list)) else f"a {type(out).__name__}"
         result.fail(f"{name} returned {got}; expected {len(returns)}: {', '.join(returns)}")

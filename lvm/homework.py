@@ -31,6 +31,15 @@ BINARY_DATASETS = {"fashion-mnist-binary": 1, "mnist-binary": 2, "shapes-binary"
 Q1_LABELS = ("-ELBO", "Recon Loss", "KL Loss")
 
 
+_GRADING = False  # set by `lvm grade` while it calls a question function
+
+
+def grading() -> bool:
+    """True while `lvm grade` runs your function on its small slice of data. A solution may use
+    it to shorten its training there, e.g. `epochs = 2 if grading() else 20`."""
+    return _GRADING
+
+
 # ----------------------------------------------------------------------------- showing figures
 
 

@@ -148,6 +148,18 @@ def test_wrong_shape_names_the_shape(tmp_path):
     assert "PASS  test_losses has shape (2, 3)" in result.output
 
 
+def test_grading_flag_is_set_only_while_grading():
+    seen = []
+
+    def q1(train_data, test_data, part, dset_id):
+        seen.append(hw.grading())
+        raise NotImplementedError
+
+    [r] = grade_functions({"q1": q1}, ["q1"])
+    assert seen == [True] and not hw.grading()
+    assert [c.message for c in r.checks] == ["not implemented (NotImplementedError in q1)"]
+
+
 def test_exceptions_and_wrong_return_counts_are_one_line(tmp_path):
     path = write_solution(tmp_path, """
         def q1(train_data, test_data, part, dset_id):

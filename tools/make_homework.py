@@ -31,6 +31,9 @@ initialisation):
 ```bash
 lvm grade homework/{name}
 ```
+
+Your functions run with their own budget there; `grading()` is True while the grader calls them,
+so `epochs = 2 if grading() else 20` makes grading quick.
 """
 
 
