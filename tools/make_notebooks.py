@@ -269,7 +269,8 @@ show(plotting.save_interpolations(datasets.from_unit(rows), out / "interp.png", 
 """, ignore=True),
         md("""
 With this tiny budget the reconstructions keep each image's outline and brightness but lose its
-details, and the samples are blurry, plausible silhouettes: a squared-error decoder averages over
+details (on `shapes`, the fallback dataset, the position and size of the shape come before its
+colour), and the samples are blurry, plausible silhouettes: a squared-error decoder averages over
 what it is unsure of. Longer training sharpens them; blur is the known weakness of a
 Gaussian-decoder VAE.
 """),
