@@ -33,10 +33,10 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: torch.device, threads: int | None = None) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.machine()}, {threads or torch.get_num_threads()} threads)"
 
 
 def fit(
@@ -134,7 +134,7 @@ def run(
             "test_size": len(data.test),
             **{k: v for k, v in options.items()},
         },
-        "device": describe_device(device) + (f" x {size} processes" if size > 1 else ""),
+        "device": describe_device(device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
         "torch": torch.__version__,
         "epochs": cfg.epochs,
         "seconds": round(seconds, 1),
