@@ -33,10 +33,10 @@ def write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def describe_device(device: torch.device) -> str:
+def describe_device(device: torch.device, threads: int | None = None) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.machine()}, {threads or torch.get_num_threads()} threads)"
 
 
 def fit(
@@ -63,7 +63,7 @@ def fit(
     )
     write_json(out / f"{prefix}history.json", asdict(history))
     plot_training(history.train, history.test, out / f"{prefix}train_plot.png",
-                  title=f"{name}{' ' + stage if stage else ''} on {info.name}", labels=labels)
+                  title=f"{name}{f' ({stage})' if stage and stage != name else ''} on {info.name}", labels=labels)
     return history
 
 
@@ -134,7 +134,7 @@ def run(
             "test_size": len(data.test),
             **{k: v for k, v in options.items()},
         },
-        "device": describe_device(device) + (f" x {size} processes" if size > 1 else ""),
+        "device": describe_device(device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
         "torch": torch.__version__,
         "epochs": cfg.epochs,
         "seconds": round(seconds, 1),
@@ -175,6 +175,8 @@ def show(x: torch.Tensor, kind: str) -> torch.Tensor:
 def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
     """Draw n samples from a trained model and plot them (a grid of images, or a scatter)."""
     model, meta = load_model(checkpoint)
+    if meta.get("stage") == "prior":
+        raise UserError(f"{checkpoint} holds only the prior over codes; sample from checkpoint.pt beside it")
     if not hasattr(model, "sample"):
         raise UserError(f"{checkpoint}: this model ({meta['model']} {meta.get('stage', '')}) cannot sample on its own")
     _check_writable(Path(out).parent)
@@ -198,7 +200,7 @@ def reconstruct_to_file(checkpoint: str | Path, dataset: str, out: str | Path, n
                         f"'{dataset}' has examples of shape {data.info.shape}")
     _check_writable(Path(out).parent)
     with torch.no_grad():
-        x_hat = model.reconstruct(data.test)
+        x_hat = model.reconstruct(data.test)  # every model takes data as stored
     kind = data.info.kind
     original = datasets.to_unit(data.test) if kind == "image" else data.test
     return save_reconstructions(show(original, kind), show(x_hat, kind), out)

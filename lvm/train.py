@@ -42,6 +42,7 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant (the course) | cosine (decays to 0 over the run)
     # The fast path. On CUDA: bf16 autocast and channels-last convolutions (on the CPU neither
     # pays: see `lvm bench`). torch.compile is opt-in: it costs a minute of compiling up front.
+    cpu_threads: int | None = None  # torch's intra-op threads on the CPU; None = torch's default
     amp: bool = True
     channels_last: bool = True
     compile: bool = False
@@ -354,6 +355,9 @@ def fit(
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
+    threads = torch.get_num_threads()
+    if cfg.cpu_threads and device.type == "cpu":
+        torch.set_num_threads(cfg.cpu_threads)
     with _stop_on_signals() as stop:
         try:
             while epoch < cfg.epochs:
@@ -380,4 +384,5 @@ def fit(
                 save(epoch, 0)
         finally:
             bar.close()
+            torch.set_num_threads(threads)
     return history

@@ -231,3 +231,17 @@ def test_full_run_writes_every_file_and_resumes(tmp_path: Path, stand_in_prior):
         assert again["test"][k] == pytest.approx(test[k], rel=1e-5)
     history = json.loads((tmp_path / "prior_history.json").read_text())
     assert len(history["test"]["loss"]) == 3  # init + 2 epochs, not 5
+
+
+def test_ema_loss_is_the_course_number_without_codebook_gradient():
+    """With EMA the codebook term is reported (so losses compare with the course's) but trains nothing."""
+    torch.manual_seed(0)
+    z = torch.randn(2, 4, 3, 3, requires_grad=True)
+    ema = VectorQuantizer(num_codes=8, code_dim=4, ema_decay=0.99).eval()
+    plain = VectorQuantizer(num_codes=8, code_dim=4).eval()
+    plain.codebook.data.copy_(ema.codebook.data)
+    _, _, loss_ema = ema(z)
+    _, _, loss_plain = plain(z)
+    assert loss_ema.item() == pytest.approx(loss_plain.item(), rel=1e-6)
+    loss_ema.backward()
+    assert ema.codebook.grad is None and z.grad.abs().sum() > 0

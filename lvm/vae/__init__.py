@@ -34,11 +34,11 @@ def report(model: VAE, name: str, config: dict, data: Data, cfg: TrainConfig, ou
     title = f"{name} on {data.info.name}"
     torch.manual_seed(cfg.seed)
     save_image_grid(from_unit(model.sample(100)), out / "samples.png", f"{title}: 100 samples")
-    x = to_unit(data.test[:50].to(device))  # (50, C, 32, 32)
-    save_reconstructions(from_unit(x), from_unit(model.reconstruct(x)), out / "reconstructions.png",
+    x = data.test[:50].to(device)  # (50, C, 32, 32) uint8
+    save_reconstructions(from_unit(to_unit(x)), from_unit(model.reconstruct(x)), out / "reconstructions.png",
                          f"{title}: test images (left) and reconstructions")
     pick = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(cfg.seed))[:20]
-    pairs = to_unit(data.test[pick].to(device))  # (20, C, 32, 32)
+    pairs = data.test[pick].to(device)  # (20, C, 32, 32) uint8
     rows = model.interpolate(pairs[:10], pairs[10:], steps=10)  # (10, 10, C, 32, 32)
     save_interpolations(from_unit(rows), out / "interpolations.png",
                         f"{title}: between the latent means of two test images")

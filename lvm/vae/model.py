@@ -113,16 +113,16 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, C, 32, 32) in [-1, 1] -> decoder mean at the posterior mean, in [-1, 1]."""
-        mu, _ = self.encode(x)
+        """uint8 images (B, C, 32, 32), as stored -> decoder mean at the posterior mean, in [-1, 1]."""
+        mu, _ = self.encode(to_unit(x))
         return self.decode(mu).clamp(-1, 1)
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
         """Decode `steps` evenly spaced points on the line between the posterior means of x1 and
-        x2 (each (B, C, 32, 32) in [-1, 1]); returns (B, steps, C, 32, 32) in [-1, 1]."""
-        mu1, _ = self.encode(x1)  # (B, L)
-        mu2, _ = self.encode(x2)
+        x2 (uint8 images (B, C, 32, 32), as stored); returns (B, steps, C, 32, 32) in [-1, 1]."""
+        mu1, _ = self.encode(to_unit(x1))  # (B, L)
+        mu2, _ = self.encode(to_unit(x2))
         alpha = torch.linspace(0, 1, steps, device=mu1.device)[None, :, None]  # (1, S, 1)
         z = (1 - alpha) * mu1[:, None] + alpha * mu2[:, None]  # (B, S, L)
         x = self.decode(z.flatten(0, 1)).clamp(-1, 1)  # (B * S, C, 32, 32)

@@ -5,7 +5,8 @@ Two stages, each trained with the one trainer and each resumable:
    8x8 grid of code indices;
 2. a prior over those grids (`prior_checkpoint.pt`): the plain PixelCNN (`--prior pixelcnn`, Q3)
    or the gated one (`--prior gated`, Q4a), for `prior_epochs` epochs.
-Samples are code grids drawn from the prior and decoded by the VQ-VAE's decoder.
+Samples are code grids drawn from the prior and decoded by the VQ-VAE's decoder. The whole
+model (both stages) is saved as `checkpoint.pt`, which `lvm sample` and `lvm reconstruct` use.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from lvm import experiment
 from lvm.data import Data, DataInfo, from_unit
 from lvm.plotting import save_code_maps, save_image_grid, save_reconstructions
 from lvm.registry import Entry, register
-from lvm.train import TrainConfig
+from lvm.train import CHECKPOINT_FORMAT, TrainConfig, save_checkpoint
 from lvm.vqvae.model import VQVAE, VQVAEConfig
 from lvm.vqvae.quantizer import VectorQuantizer, codebook_usage
 
@@ -39,10 +40,31 @@ def make_prior(kind: str, levels: int) -> nn.Module:
     return make(kind, levels=levels)
 
 
+class VQVAEWithPrior(nn.Module):
+    """Both stages together: what a trained VQ-VAE is to a user (sample, reconstruct)."""
+
+    def __init__(self, vqvae: VQVAE, prior: nn.Module):
+        super().__init__()
+        self.vqvae, self.prior = vqvae, prior
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n images (n, C, 32, 32) in [-1, 1]: code grids from the prior, decoded."""
+        codes = self.prior.sample(n, self.vqvae.code_grid)  # (n, 8, 8)
+        return self.vqvae.decode_indices(codes)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.reconstruct(x)
+
+
 def build(config: dict, info: DataInfo, stage: str = "vqvae") -> nn.Module:
     if stage == "prior":
         return make_prior(config["kind"], config["levels"])
-    return VQVAE(VQVAEConfig(**config))
+    vqvae = VQVAE(VQVAEConfig(**{k: v for k, v in config.items() if k != "prior"}))
+    if stage == "full":
+        return VQVAEWithPrior(vqvae, make_prior(config["prior"]["kind"], config["prior"]["levels"]))
+    return vqvae
 
 
 @torch.no_grad()
@@ -86,6 +108,13 @@ def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False,
     save_code_maps(x[:20].float().cpu() / 255, test_codes[:20], mcfg.num_codes, out / "codes.png",
                    f"vqvae on {name}: test images and their 8x8 code maps")
 
+    full = {**asdict(mcfg), "prior": pcfg}
+    save_checkpoint(out / "checkpoint.pt", {
+        "format": CHECKPOINT_FORMAT,
+        "meta": {"model": "vqvae", "config": full, "data": asdict(data.info), "stage": "full"},
+        "model": VQVAEWithPrior(model, prior_model).state_dict(),
+    })
+
     usage = codebook_usage(test_codes, mcfg.num_codes)
     prior_nll = prior_history.test["loss"][-1]
     test = {k: history.test[k][-1] for k in ("loss", "recon_loss", "vq_loss")}
@@ -93,7 +122,7 @@ def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False,
     return {
         "test": test,
         "prior_test": {"nll": prior_nll},
-        "config": {**asdict(mcfg), "prior": pcfg},
+        "config": full,
         "sample_seconds": round(sample_seconds, 3),
         "train_codebook": codebook_usage(train_codes, mcfg.num_codes),
     }

@@ -59,6 +59,8 @@ class ResBlock(nn.Module):
 
 
 class VQVAE(nn.Module):
+    code_grid = (8, 8)  # two stride-2 convolutions: 32x32 images -> 8x8 codes
+
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
         self.cfg = cfg

@@ -84,10 +84,9 @@ class VectorQuantizer(nn.Module):
         quantized = self.lookup(indices.view(B, H, W))  # (B, D, H, W)
 
         # Commitment pulls the encoder towards its codes; the codebook term pulls codes towards
-        # the encoder (replaced by the EMA updates when those are on).
-        loss = self.beta * F.mse_loss(z, quantized.detach())
-        if self.ema_decay is None:
-            loss = loss + F.mse_loss(quantized, z.detach())
+        # the encoder. With EMA updates on, the codebook is a buffer: the term then carries no
+        # gradient and is kept only so that the loss is the same number as the course's.
+        loss = self.beta * F.mse_loss(z, quantized.detach()) + F.mse_loss(quantized, z.detach())
         # Straight-through: the forward value is the code, the backward pass copies the
         # decoder's gradient to the encoder's output unchanged (argmin has no gradient).
         quantized = z + (quantized - z).detach()  # (B, D, H, W)
