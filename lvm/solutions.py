@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lvm.data import from_unit, to_unit
+from lvm.data import from_unit
 from lvm.homework import from_hwc, to_hwc
 from lvm.train import History, TrainConfig, fit
 from lvm.vae2d.model import VAE2d, VAE2dConfig
@@ -69,10 +69,9 @@ def _image_vae(model, train_data, test_data, epochs: int):
     model.eval()
     with torch.no_grad():
         samples = _to_pixels(model.sample(100))  # (100, 32, 32, 3)
-        x = to_unit(test[:50])  # (50, 3, 32, 32)
-        reconstructions = _pairs(test_data[:50], _to_pixels(model.reconstruct(x)))
+        reconstructions = _pairs(test_data[:50], _to_pixels(model.reconstruct(test[:50])))
         pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))[:20]
-        ends = to_unit(test[pick])  # (20, 3, 32, 32)
+        ends = test[pick]  # (20, 3, 32, 32) uint8: the models take data as stored
         rows = model.interpolate(ends[:10], ends[10:], steps=10)  # (10, 10, 3, 32, 32)
         interpolations = _to_pixels(rows.flatten(0, 1))  # (100, 32, 32, 3)
     return _columns(history.train, keys), _columns(history.test, keys), samples, reconstructions, interpolations

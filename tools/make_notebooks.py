@@ -261,10 +261,10 @@ between the posterior means of two test images: a smooth latent space gives a sm
         code("""
 model.eval()
 show(plotting.save_image_grid(datasets.from_unit(model.sample(100)), out / "samples.png", "100 samples"))
-x = datasets.to_unit(data.test[:20])
-show(plotting.save_reconstructions(datasets.from_unit(x), datasets.from_unit(model.reconstruct(x)),
+x = data.test[:20]                                          # uint8, as stored: what the models take
+show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.reconstruct(x)),
                                    out / "recon.png", "test images (left) and reconstructions"))
-rows = model.interpolate(datasets.to_unit(data.test[20:25]), datasets.to_unit(data.test[25:30]), steps=10)
+rows = model.interpolate(data.test[20:25], data.test[25:30], steps=10)   # (5, 10, C, 32, 32) in [-1, 1]
 show(plotting.save_interpolations(datasets.from_unit(rows), out / "interp.png", "interpolations"))
 """, ignore=True),
         md("""
@@ -358,10 +358,10 @@ $\\varepsilon \\sim \\mathcal N(0, I)$, invert the flow to $z$ (16 MADE passes),
         code("""
 model.eval()
 show(plotting.save_image_grid(datasets.from_unit(model.sample(100)), out / "samples.png", "100 samples"))
-x = datasets.to_unit(data.test[:20])
-show(plotting.save_reconstructions(datasets.from_unit(x), datasets.from_unit(model.reconstruct(x)),
+x = data.test[:20]                                          # uint8, as stored: what the models take
+show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.reconstruct(x)),
                                    out / "recon.png", "test images (left) and reconstructions"))
-rows = model.interpolate(datasets.to_unit(data.test[20:25]), datasets.to_unit(data.test[25:30]), steps=10)
+rows = model.interpolate(data.test[20:25], data.test[25:30], steps=10)   # (5, 10, C, 32, 32) in [-1, 1]
 show(plotting.save_interpolations(datasets.from_unit(rows), out / "interp.png", "interpolations"))
 """, ignore=True),
         md("""
