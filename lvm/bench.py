@@ -41,15 +41,23 @@ def _fake_data(info: datasets.DataInfo, n: int) -> torch.Tensor:
     return torch.randint(0, high, (n, *info.shape), generator=g, dtype=torch.uint8)
 
 
-def _time(steps: int, warmup: int, device: torch.device, one_step) -> float:
-    for i in range(warmup):
-        one_step(i)
-    _sync(device)
-    start = time.perf_counter()
-    for i in range(warmup, warmup + steps):
-        one_step(i)
-    _sync(device)
-    return time.perf_counter() - start
+def _time_interleaved(paths: dict, steps: int, warmup: int, device: torch.device, chunk: int = 5) -> dict:
+    """Seconds each path spends on `steps` steps, run in alternating chunks so that a change in
+    the machine's load hits both alike (timed one after the other, a busy neighbour can halve
+    the second). Synchronised only at chunk boundaries."""
+    for one_step in paths.values():
+        for i in range(warmup):
+            one_step(i)
+    spent = dict.fromkeys(paths, 0.0)
+    for start in range(warmup, warmup + steps, chunk):
+        for name, one_step in paths.items():
+            _sync(device)
+            t = time.perf_counter()
+            for i in range(start, min(start + chunk, warmup + steps)):
+                one_step(i)
+            _sync(device)
+            spent[name] += time.perf_counter() - t
+    return spent
 
 
 def bench(model: str, device: str = "auto", batch_size: int | None = None, steps: int = 20,
@@ -73,29 +81,30 @@ def bench(model: str, device: str = "auto", batch_size: int | None = None, steps
     step = make_step(net, opt, cfg, dev)
     on_device = x.to(dev)
     order = torch.randperm(n, device=dev)
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    seconds = _time(steps, warmup, dev, lambda i: step(on_device[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]))
-    ours = {"images_per_s": round(steps * cfg.batch_size / seconds, 1), "peak_memory_mb": round(_peak_mb(dev), 1)}
-    del net, opt, step, on_device
 
     # the plain reference: float32 DataLoader, no autocast, no compilation
     torch.manual_seed(0)
-    net = entry.build({}, info).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    ref_net = entry.build({}, info).to(dev)
+    ref_opt = torch.optim.Adam(ref_net.parameters(), lr=cfg.lr)
     loader = iter(DataLoader(TensorDataset(x.float()), batch_size=cfg.batch_size, shuffle=True, drop_last=True))
 
     def plain(i: int) -> None:
         (xb,) = next(loader)
-        loss = net.loss(xb.to(dev))["loss"]
-        opt.zero_grad()
+        loss = ref_net.loss(xb.to(dev))["loss"]
+        ref_opt.zero_grad()
         loss.backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
+            torch.nn.utils.clip_grad_norm_(ref_net.parameters(), cfg.grad_clip)
+        ref_opt.step()
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    seconds = _time(steps, warmup, dev, plain)
-    ref = {"images_per_s": round(steps * cfg.batch_size / seconds, 1), "peak_memory_mb": round(_peak_mb(dev), 1)}
-    return {**result, **ours, "reference": ref, "speedup": round(ours["images_per_s"] / ref["images_per_s"], 3)}
+    spent = _time_interleaved(
+        {"ours": lambda i: step(on_device[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]), "plain": plain},
+        steps, warmup, dev,
+    )
+    rate = {k: round(steps * cfg.batch_size / v, 1) for k, v in spent.items()}
+    peak = round(_peak_mb(dev), 1)  # both models live at once: the memory of the pair
+    return {**result, "images_per_s": rate["ours"], "peak_memory_mb": peak,
+            "reference": {"images_per_s": rate["plain"], "peak_memory_mb": peak},
+            "speedup": round(rate["ours"] / rate["plain"], 3)}

@@ -45,6 +45,8 @@ def collect(figures: Path) -> list[dict]:
 
 
 def _fmt(x: float) -> str:
+    if float(x).is_integer():
+        return str(int(x))
     return f"{x:.4f}" if abs(x) < 10 else f"{x:.2f}"
 
 
@@ -55,8 +57,11 @@ def _numbers(test: dict[str, float]) -> str:
 def table(runs: list[dict]) -> str:
     head = ("| model | dataset | our final test numbers (nats) | official solution | ours - official "
             "| epochs | train size | device | seconds |\n|---|---|---|---|---|---|---|---|---|")
+    from lvm.registry import names
+
+    order = names()
     rows = []
-    for m in runs:
+    for m in sorted(runs, key=lambda m: (order.index(m["model"]) if m["model"] in order else len(order), m["folder"])):
         test = m.get("test", {})
         official = OFFICIAL.get((m["model"], m["dataset"]))
         first = next(iter(official)) if official else None
