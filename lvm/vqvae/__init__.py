@@ -20,6 +20,7 @@ from torch import nn
 
 from lvm import experiment
 from lvm.data import Data, DataInfo, from_unit
+from lvm.pixelcnn.model import make_prior  # the prior over code grids
 from lvm.plotting import save_code_maps, save_image_grid, save_reconstructions
 from lvm.registry import Entry, register
 from lvm.train import CHECKPOINT_FORMAT, TrainConfig, save_checkpoint
@@ -31,13 +32,6 @@ __all__ = ["VQVAE", "VQVAEConfig", "VectorQuantizer", "codebook_usage"]
 TERMS = {"loss": "VQ-VAE Test Loss", "prior_nll": "PixelCNN Prior Test NLL"}
 LABELS = {"loss": "VQ-VAE loss", "recon_loss": "reconstruction (MSE)", "vq_loss": "codebook + commitment"}
 PRIOR_LABELS = {"loss": "prior NLL (nats per code)"}
-
-
-def make_prior(kind: str, levels: int) -> nn.Module:
-    """The prior over code grids; imported late so this package loads without lvm.pixelcnn."""
-    from lvm.pixelcnn.model import make_prior as make
-
-    return make(kind, levels=levels)
 
 
 class VQVAEWithPrior(nn.Module):
