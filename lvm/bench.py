@@ -41,23 +41,29 @@ def _fake_data(info: datasets.DataInfo, n: int) -> torch.Tensor:
     return torch.randint(0, high, (n, *info.shape), generator=g, dtype=torch.uint8)
 
 
-def _time_interleaved(paths: dict, steps: int, warmup: int, device: torch.device, chunk: int = 5) -> dict:
+def _time_interleaved(paths: dict, steps: int, warmup: int, device: torch.device,
+                      chunk: int = 5) -> tuple[dict, dict]:
     """Seconds each path spends on `steps` steps, run in alternating chunks so that a change in
     the machine's load hits both alike (timed one after the other, a busy neighbour can halve
-    the second). Synchronised only at chunk boundaries."""
+    the second). Synchronised only at chunk boundaries. Also each path's peak memory in MiB: on
+    CUDA the allocator's peak while that path ran (the other path's weights, resident too, are
+    counted: a few MiB); on the CPU the process's peak RSS, one number for both."""
     for one_step in paths.values():
         for i in range(warmup):
             one_step(i)
-    spent = dict.fromkeys(paths, 0.0)
+    spent, peak = dict.fromkeys(paths, 0.0), dict.fromkeys(paths, 0.0)
     for start in range(warmup, warmup + steps, chunk):
         for name, one_step in paths.items():
             _sync(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
             t = time.perf_counter()
             for i in range(start, min(start + chunk, warmup + steps)):
                 one_step(i)
             _sync(device)
             spent[name] += time.perf_counter() - t
-    return spent
+            peak[name] = max(peak[name], _peak_mb(device))
+    return spent, peak
 
 
 def bench(model: str, device: str = "auto", batch_size: int | None = None, steps: int = 20,
@@ -97,14 +103,11 @@ def bench(model: str, device: str = "auto", batch_size: int | None = None, steps
             torch.nn.utils.clip_grad_norm_(ref_net.parameters(), cfg.grad_clip)
         ref_opt.step()
 
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(dev)
-    spent = _time_interleaved(
+    spent, peak = _time_interleaved(
         {"ours": lambda i: step(on_device[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]), "plain": plain},
         steps, warmup, dev,
     )
     rate = {k: round(steps * cfg.batch_size / v, 1) for k, v in spent.items()}
-    peak = round(_peak_mb(dev), 1)  # both models live at once: the memory of the pair
-    return {**result, "images_per_s": rate["ours"], "peak_memory_mb": peak,
-            "reference": {"images_per_s": rate["plain"], "peak_memory_mb": peak},
+    return {**result, "images_per_s": rate["ours"], "peak_memory_mb": round(peak["ours"], 1),
+            "reference": {"images_per_s": rate["plain"], "peak_memory_mb": round(peak["plain"], 1)},
             "speedup": round(rate["ours"] / rate["plain"], 3)}

@@ -78,9 +78,15 @@ def cli():
 @click.option("--prior", type=click.Choice(["pixelcnn", "gated"]), default=None,
               help="Prior over codes (vqvae) or the model variant (pixelcnn).")
 @click.option("--prior-epochs", type=int, default=None, callback=_positive, help="Epochs of the prior (vqvae) [default: 15].")
+@click.option("--channels", type=int, default=None, callback=_positive,
+              help="Width of the PixelCNN's layers (pixelcnn) [default: the course's].")
+@click.option("--layers", type=int, default=None, callback=_positive,
+              help="Residual blocks, or gated layers with --prior gated (pixelcnn) [default: the course's].")
+@click.option("--amp", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="bf16 autocast of training steps: auto = on CUDA only [default: auto].")
 @download_option
 def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, train_limit, test_limit,
-        resume, prior, prior_epochs, download):
+        resume, prior, prior_epochs, channels, layers, amp, download):
     """Train MODEL on a dataset and write its row of the results table: metrics.json,
     history.json, train_plot.png and the model's figures."""
     from lvm import experiment
@@ -90,8 +96,9 @@ def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, tra
     try:
         metrics = experiment.run(
             model, dataset, out=out, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit,
-            resume=resume, download=download, options={"prior": prior, "prior_epochs": prior_epochs},
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+            resume=resume, download=download,
+            options={"prior": prior, "prior_epochs": prior_epochs, "channels": channels, "layers": layers},
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, amp=amp,
         )
     except Interrupted as e:
         again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["run"] else ["run", model]

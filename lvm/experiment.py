@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import tempfile
 import time
 from dataclasses import asdict, replace
@@ -52,9 +53,10 @@ def fit(
     resume: bool = False,
     stage: str = "",
     labels: dict[str, str] | None = None,
+    title: str | None = None,
 ) -> History:
     """Train with the shared trainer and write `[stage_]checkpoint.pt`, `[stage_]history.json`
-    and `[stage_]train_plot.png` into `out`."""
+    and `[stage_]train_plot.png` (titled `title`, else "NAME (STAGE) on DATASET") into `out`."""
     prefix = f"{stage}_" if stage else ""
     meta = {"model": name, "config": model_config, "data": asdict(info), "stage": stage}
     history = train_fit(
@@ -63,8 +65,20 @@ def fit(
     )
     write_json(out / f"{prefix}history.json", asdict(history))
     plot_training(history.train, history.test, out / f"{prefix}train_plot.png",
-                  title=f"{name}{f' ({stage})' if stage and stage != name else ''} on {info.name}", labels=labels)
+                  title=title or f"{name}{f' ({stage})' if stage and stage != name else ''} on {info.name}",
+                  labels=labels)
     return history
+
+
+def code_version() -> str | None:
+    """The git commit the code ran from (`-dirty` if it had uncommitted changes); None outside a
+    git checkout. Recorded in metrics.json so that every row names the code that made it."""
+    try:
+        r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
+                           text=True, cwd=Path(__file__).parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return r.stdout.strip() or None if r.returncode == 0 else None
 
 
 def _check_writable(out: Path) -> None:
@@ -136,6 +150,7 @@ def run(
         },
         "device": describe_device(device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
         "torch": torch.__version__,
+        "code": code_version(),
         "epochs": cfg.epochs,
         "seconds": round(seconds, 1),
         "resumed": resume,

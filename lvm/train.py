@@ -41,11 +41,13 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lr_schedule: str = "constant"  # constant (the course) | cosine (decays to 0 over the run)
     cpu_threads: int | None = None  # torch's intra-op threads on the CPU; None = torch's default
-    # The fast path. bf16 autocast on CUDA only (on this CPU, avx512_bf16 and all, it was slower:
-    # vae 105 vs 128 images/s). Channels-last convolutions everywhere (measured on the CPU,
-    # interleaved with the default layout: vae 149 vs 128 images/s, vqvae 14.6 vs 12.9).
-    # torch.compile is opt-in: it costs a minute of compiling up front.
-    amp: bool = True
+    # The fast path. amp: bf16 autocast of the training step, "auto" = on CUDA only (on this CPU,
+    # avx512_bf16 and all, it was slower: vae 105 vs 128 images/s), "on" = on any device (how
+    # the bf16 numerics are checked on a CPU), "off". Test numbers are always measured in
+    # float32. Channels-last convolutions everywhere (measured on the CPU, interleaved with the
+    # default layout: vae 149 vs 128 images/s, vqvae 14.6 vs 12.9). torch.compile is opt-in: it
+    # costs a minute of compiling up front.
+    amp: str = "auto"
     channels_last: bool = True
     compile: bool = False
     log_every: int = 25  # minibatches between host syncs (losses are read back in batches)
@@ -58,6 +60,8 @@ class TrainConfig:
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if self.amp not in ("auto", "on", "off"):
+            raise UserError(f"amp must be auto, on or off, got {self.amp!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise UserError(f"grad clip must be positive, got {self.grad_clip}")
 
@@ -180,7 +184,7 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
 
 def _fast_path(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
     """(bf16 autocast, channels-last), each where it helps (see TrainConfig)."""
-    return cfg.amp and device.type == "cuda", cfg.channels_last
+    return cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda"), cfg.channels_last
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -230,14 +234,16 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, de
 
 def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torch.device,
              cfg: TrainConfig | None = None) -> dict[str, float]:
-    """Every loss term, averaged over all examples of `data` (over all processes under torchrun)."""
-    amp, channels_last = _fast_path(cfg or TrainConfig(), device)
+    """Every loss term, averaged over all examples of `data` (over all processes under torchrun).
+    Always in float32, also for a model trained under bf16 autocast: the reported numbers are
+    the model's, not bf16's rounding of them (evaluation is a small part of the time)."""
+    _, channels_last = _fast_path(cfg or TrainConfig(), device)
     rank, size = world()
     shard = data[rank::size]
     was_training = model.training
     model.eval()
     totals: dict[str, torch.Tensor] = {}
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    with torch.inference_mode():
         for start in range(0, len(shard), batch_size):
             x = _layout(shard[start : start + batch_size].to(device, non_blocking=True), channels_last)
             for k, v in model.loss(x).items():

@@ -58,7 +58,7 @@ def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False, prior: st
     config = {"prior": prior, **asdict(mcfg)}
     name = "pixelcnn" if prior == "pixelcnn" else "gated pixelcnn"
     history = experiment.fit(model, "pixelcnn", config, data.train, data.test, data.info, cfg, out,
-                             resume=resume, labels=LABELS)
+                             resume=resume, labels=LABELS, title=f"{name} on {data.info.name}")
 
     start = time.perf_counter()
     samples = model.sample(100, (H, W))  # (100, H, W) tokens 0/1

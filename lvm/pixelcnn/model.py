@@ -49,7 +49,7 @@ class GridModel(nn.Module):
         """Negative log-likelihood, averaged over the batch and the positions, in nats."""
         if x.dim() == 4:
             x = x.squeeze(1)
-        return {"loss": F.cross_entropy(self.logits(x), x.long())}
+        return {"loss": F.cross_entropy(self.logits(x).float(), x.long())}  # float32 under autocast too
 
     @torch.no_grad()
     def sample(self, n: int, shape: tuple[int, int]) -> torch.Tensor:

@@ -95,9 +95,10 @@ class VAE(nn.Module):
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """-ELBO = E_q ||x - dec(z)||^2 + KL(q(z|x) || p(z)), averaged over the batch, nats."""
         x = to_unit(x)  # (B, C, 32, 32) in [-1, 1]
-        mu, log_std = self.encode(x)  # (B, L), (B, L)
+        # the loss terms in float32 also when the network runs under bf16 autocast
+        mu, log_std = (t.float() for t in self.encode(x))  # (B, L), (B, L)
         z = reparameterize(mu, log_std)  # (B, L)
-        x_hat = self.decode(z)  # (B, C, 32, 32)
+        x_hat = self.decode(z).float()  # (B, C, 32, 32)
         recon = (x - x_hat).pow(2).flatten(1).sum(1).mean()
         kl = self.kl(mu, log_std, z).mean()
         return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}

@@ -85,7 +85,7 @@ def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False,
     prior_model = make_prior(prior, mcfg.num_codes)
     prior_history = experiment.fit(prior_model, "vqvae", pcfg, train_codes, test_codes, data.info,
                                    replace(cfg, epochs=prior_epochs), out, resume=resume, stage="prior",
-                                   labels=PRIOR_LABELS)
+                                   labels=PRIOR_LABELS, title=f"vqvae: {prior} prior over the codes of {name}")
     prior_model.eval()
 
     device = next(model.parameters()).device

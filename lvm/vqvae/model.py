@@ -87,7 +87,7 @@ class VQVAE(nn.Module):
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The course's VQ-VAE loss: per-pixel MSE on [-1, 1] + codebook + commitment terms."""
         x_hat, _, vq_loss = self(x)
-        recon = F.mse_loss(x_hat, to_unit(x))
+        recon = F.mse_loss(x_hat.float(), to_unit(x))  # float32 also under bf16 autocast
         return {"loss": recon + vq_loss, "recon_loss": recon, "vq_loss": vq_loss}
 
     @torch.no_grad()

@@ -66,9 +66,12 @@ class VectorQuantizer(nn.Module):
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         """Index of the nearest code of each row of flat (N, D), by squared distance
-        ||z||^2 - 2 z.e + ||e||^2: one matrix product instead of an (N, K, D) difference tensor."""
-        e = self.codebook  # (K, D)
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)  # (N, K)
+        ||z||^2 - 2 z.e + ||e||^2: one matrix product instead of an (N, K, D) difference tensor.
+        In float32 even under bf16 autocast: the three terms nearly cancel, and in bf16 the
+        argmin is mostly rounding noise (tests/test_vqvae.py measures it)."""
+        with torch.autocast(flat.device.type, enabled=False):
+            flat, e = flat.float(), self.codebook.float()  # (N, D), (K, D)
+            dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)  # (N, K)
         return dist.argmin(1)  # (N,)
 
     def lookup(self, indices: torch.Tensor) -> torch.Tensor:
@@ -76,6 +79,7 @@ class VectorQuantizer(nn.Module):
         return F.embedding(indices, self.codebook).permute(0, 3, 1, 2).contiguous()  # (B, D, H, W)
 
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = z.float()  # (B, D, H, W); the bottleneck works in float32 even under bf16 autocast
         B, D, H, W = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, D)  # (B*H*W, D)
         indices = self.nearest(flat.detach())  # (B*H*W,)
@@ -94,7 +98,11 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_codebook(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        """Training-mode side effects: EMA updates and dead-code restarts."""
+        """Training-mode side effects: EMA updates and dead-code restarts (float32 sums)."""
+        with torch.autocast(flat.device.type, enabled=False):
+            self._update_codebook_fp32(flat.float(), indices)
+
+    def _update_codebook_fp32(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
         onehot = F.one_hot(indices, self.num_codes).type_as(flat)  # (N, K)
         counts = onehot.sum(0)  # (K,)
         if self.ema_decay is not None:
@@ -106,9 +114,11 @@ class VectorQuantizer(nn.Module):
             self.codebook.data.copy_(torch.where(alive[:, None], means, self.codebook.data))
         if self.restart_dead:
             self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
-            dead = (self.steps_unused >= self.restart_window).nonzero().flatten()  # (n_dead,)
-            if len(dead):
-                pick = torch.randint(len(flat), (len(dead),), device=flat.device)
-                self.codebook.data[dead] = flat[pick]
-                self.ema_sum[dead], self.ema_count[dead] = flat[pick], 1.0
-                self.steps_unused[dead] = 0
+            # Every code draws a candidate and only the dead ones take it: selecting the dead
+            # codes by index (`nonzero`) would make the host wait for the GPU at every step.
+            dead = self.steps_unused >= self.restart_window  # (K,)
+            pick = flat[torch.randint(len(flat), (self.num_codes,), device=flat.device)]  # (K, D)
+            self.codebook.data.copy_(torch.where(dead[:, None], pick, self.codebook.data))
+            self.ema_sum.copy_(torch.where(dead[:, None], pick, self.ema_sum))
+            self.ema_count.masked_fill_(dead, 1.0)
+            self.steps_unused.masked_fill_(dead, 0)

@@ -1,0 +1,71 @@
+"""Does training under bf16 autocast change the final test numbers? Trains each model twice per
+seed through `lvm run`'s own code path, once in float32 (`amp="off"`) and once under bf16
+autocast (`amp="on"`), and writes every final test number, with the gap between the two paths
+beside the gap between seeds (the noise the bf16 gap has to stay within).
+
+On a GPU bf16 is the default fast path; on a CPU it is slower, but the same autocast mechanism
+runs, so the numerics can be checked there too at a small budget:
+
+    python benchmarks/bf16_numerics.py --device cpu --train-limit 4000 --epochs 3 --out figures/bf16/cpu.json
+    python benchmarks/bf16_numerics.py --device cuda --out figures/bf16/cuda.json   # default budgets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from lvm import experiment
+
+# model -> (dataset, the number compared, extra options)
+RUNS = {
+    "vae": ("fashion-mnist", "neg_elbo", {}),
+    "vlae": ("fashion-mnist", "neg_elbo", {}),
+    "vqvae": ("fashion-mnist", "loss", {"prior_epochs": 1}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="figures/bf16/numerics.json")
+    parser.add_argument("--models", nargs="+", default=list(RUNS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, default=None, help="[default: each model's]")
+    parser.add_argument("--train-limit", type=int, default=None)
+    parser.add_argument("--test-limit", type=int, default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    start, runs, summary = time.perf_counter(), [], {}
+    for model in args.models:
+        dataset, key, options = RUNS[model]
+        finals: dict[str, list[float]] = {"off": [], "on": []}
+        for seed in args.seeds:
+            for amp in ("off", "on"):
+                with tempfile.TemporaryDirectory() as out:
+                    m = experiment.run(model, dataset, out=Path(out), train_limit=args.train_limit,
+                                       test_limit=args.test_limit, download=False, options=options,
+                                       epochs=args.epochs, seed=seed, device=args.device, amp=amp)
+                finals[amp].append(m["test"][key])
+                runs.append({"model": model, "dataset": dataset, "seed": seed, "amp": amp, "test": m["test"],
+                             "seconds": m["seconds"], "device": m["device"], "epochs": m["epochs"],
+                             "train_size": m["config"]["train_size"]})
+                print(f"{model} seed {seed} amp {amp:<3}: {key} {m['test'][key]:.4f} ({m['seconds']:.0f} s)", flush=True)
+        bf16_gap = max(abs(a - b) for a, b in zip(finals["on"], finals["off"]))
+        seed_gap = max(abs(finals[a][0] - finals[a][-1]) for a in finals)
+        summary[model] = {"metric": key, "float32": finals["off"], "bf16": finals["on"],
+                          "largest_bf16_gap": round(bf16_gap, 5), "largest_seed_gap": round(seed_gap, 5),
+                          "within_noise": bf16_gap <= seed_gap}
+        print(f"{model}: |bf16 - float32| <= {bf16_gap:.4f}, seeds differ by up to {seed_gap:.4f}", flush=True)
+    result = {"seeds": args.seeds, "epochs": args.epochs, "train_limit": args.train_limit,
+              "seconds": round(time.perf_counter() - start, 1), "summary": summary, "runs": runs}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
