@@ -112,6 +112,33 @@ def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, tra
     click.echo(f"{metrics['seconds']:.0f} s on {metrics['device']}; wrote {out}/")
 
 
+@cli.command()
+@click.option("--dataset", required=True, help="Dataset name (see `lvm list`).")
+@click.option("--figures", type=click.Path(file_okay=False, path_type=Path), default=Path("figures"),
+              show_default=True, help="Root folder: rows go to FIGURES/MODEL/DATASET[-gated].")
+@click.option("--device", default=None, help="auto, cpu or cuda [default: auto].")
+@click.option("--seed", type=int, default=None, help="Random seed of every row [default: 0].")
+@data_dir_option
+@click.option("--epochs", type=int, default=None, callback=_positive, help="Epochs of every row [default: each model's].")
+@click.option("--prior-epochs", type=int, default=None, callback=_positive, help="Epochs of the priors over codes (vqvae).")
+@click.option("--train-limit", type=int, default=None, callback=_positive, help="Use the first N training examples.")
+@click.option("--test-limit", type=int, default=None, callback=_positive, help="Use the first N test examples.")
+@click.option("--resume", is_flag=True, help="Resume every row from its checkpoints (finished rows train no further).")
+@download_option
+def table(dataset, figures, device, seed, data_dir, epochs, prior_epochs, train_limit, test_limit, resume, download):
+    """Train every model of the results table on one dataset (default budgets), timing each row;
+    writes FIGURES/table-DATASET.json."""
+    from lvm import table as tbl
+
+    try:
+        tbl.run(dataset, figures=figures, data_dir=data_dir, download=download, device=device, seed=seed,
+                epochs=epochs, prior_epochs=prior_epochs, train_limit=train_limit, test_limit=test_limit,
+                resume=resume, echo=click.echo)
+    except Interrupted as e:
+        again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["table"] else ["table", "--dataset", dataset]
+        raise Interrupted(f"{e}\nresume with: lvm {shlex.join(again)} --resume") from None
+
+
 @cli.group()
 def data():
     """Inspect datasets."""

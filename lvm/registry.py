@@ -38,6 +38,10 @@ class Entry:
     build: Callable[..., nn.Module]
     terms: dict[str, str] = field(default_factory=dict)  # metric key -> the course's label
     options: tuple[str, ...] = ()  # extra keyword options `run` accepts (e.g. "prior")
+    # Stages whose checkpoints (`STAGE_checkpoint.pt`) do not depend on `options`: a variant
+    # (e.g. prior="gated") may start from the default run's finished stage instead of training
+    # it again (`lvm table` copies it and resumes; a finished stage trains no further).
+    shared_stages: tuple[str, ...] = ()
 
 
 MODELS: dict[str, Entry] = {}

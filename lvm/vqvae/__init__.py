@@ -132,4 +132,5 @@ register(Entry(
     build=build,
     terms=TERMS,
     options=("prior", "prior_epochs"),
+    shared_stages=("vqvae",),  # both priors model the codes of the same VQ-VAE
 ))
