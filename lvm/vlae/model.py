@@ -40,7 +40,7 @@ class AutoregressiveFlowPrior(nn.Module):
         self.made = MADE(dim, hidden, n_out=2)
 
     def shift_and_log_scale(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, s = self.made(z).float().unbind(-1)  # (B, D), (B, D); both depend on z_<i only
+        mu, s = self.made(z).to(z.dtype).unbind(-1)  # (B, D), (B, D); z_<i only; float32 under autocast
         b = self.max_log_scale
         return mu, b * torch.tanh(s / b)
 
