@@ -29,6 +29,19 @@ RUNS = {
 }
 
 
+def compare(metric: str, float32: list[float], bf16: list[float]) -> dict:
+    """The two paths' means over seeds, their difference, and the noise it is judged against:
+    two standard errors of a difference of means, from the spread between seeds (pooled)."""
+    n = len(float32)
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    var = lambda v: sum((x - mean(v)) ** 2 for x in v) / (len(v) - 1) if len(v) > 1 else float("nan")  # noqa: E731
+    two_se = 2 * ((var(float32) + var(bf16)) / n) ** 0.5
+    diff = mean(bf16) - mean(float32)
+    return {"metric": metric, "float32": float32, "bf16": bf16, "mean_float32": round(mean(float32), 5),
+            "mean_bf16": round(mean(bf16), 5), "difference": round(diff, 5),
+            "two_standard_errors": round(two_se, 5), "within_noise": abs(diff) <= two_se}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="figures/bf16/numerics.json")
@@ -55,12 +68,10 @@ def main() -> None:
                              "seconds": m["seconds"], "device": m["device"], "epochs": m["epochs"],
                              "train_size": m["config"]["train_size"]})
                 print(f"{model} seed {seed} amp {amp:<3}: {key} {m['test'][key]:.4f} ({m['seconds']:.0f} s)", flush=True)
-        bf16_gap = max(abs(a - b) for a, b in zip(finals["on"], finals["off"]))
-        seed_gap = max(abs(finals[a][0] - finals[a][-1]) for a in finals)
-        summary[model] = {"metric": key, "float32": finals["off"], "bf16": finals["on"],
-                          "largest_bf16_gap": round(bf16_gap, 5), "largest_seed_gap": round(seed_gap, 5),
-                          "within_noise": bf16_gap <= seed_gap}
-        print(f"{model}: |bf16 - float32| <= {bf16_gap:.4f}, seeds differ by up to {seed_gap:.4f}", flush=True)
+        summary[model] = compare(key, finals["off"], finals["on"])
+        s = summary[model]
+        print(f"{model}: bf16 - float32 = {s['difference']:+.4f} (mean over seeds), "
+              f"noise (2 standard errors) {s['two_standard_errors']:.4f}", flush=True)
     result = {"seeds": args.seeds, "epochs": args.epochs, "train_limit": args.train_limit,
               "seconds": round(time.perf_counter() - start, 1), "summary": summary, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

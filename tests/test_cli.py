@@ -35,6 +35,14 @@ def test_run_vae2d_writes_the_row(tmp_path):
     assert len(h["test"]["loss"]) == 3 and len(h["train"]["loss"]) == 2 * 4  # 512 / 128 per epoch
 
 
+def test_amp_option_reaches_the_trainer(tmp_path):
+    r = invoke("run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "1", "--train-limit", "256",
+               "--test-limit", "64", "--out", str(tmp_path), "--device", "cpu", "--amp", "on")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["config"]["train"]["amp"] == "on"  # vae2d's default is "off"
+
+
 def test_missing_dataset_is_one_line_exit_2(tmp_path):
     r = CliRunner().invoke(cli, ["data", "show", "svhn", "--data-dir", str(tmp_path), "--no-download"])
     assert r.exit_code == 2
@@ -56,6 +64,9 @@ def test_missing_dataset_is_one_line_exit_2(tmp_path):
         (["run", "vae2d", "--device", "tpu"], "device"),
         (["run", "vae2d", "--prior", "gated"], "takes no option --prior"),
         (["run", "vae2d", "--epochs", "many"], "not a valid integer"),
+        (["run", "vae2d", "--channels", "8"], "takes no option --channels"),
+        (["run", "vqvae", "--layers", "2"], "takes no option --layers"),
+        (["run", "vae2d", "--amp", "fast"], "'fast' is not one of"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expect):
