@@ -42,6 +42,16 @@ def compare(metric: str, float32: list[float], bf16: list[float]) -> dict:
             "two_standard_errors": round(two_se, 5), "within_noise": abs(diff) <= two_se}
 
 
+def summarise(runs: list[dict]) -> dict:
+    """`compare` for every model among `runs`, on its metric, seeds in order."""
+    out = {}
+    for model in dict.fromkeys(r["model"] for r in runs):
+        key = RUNS[model][1]
+        final = {amp: [r["test"][key] for r in runs if r["model"] == model and r["amp"] == amp] for amp in ("off", "on")}
+        out[model] = compare(key, final["off"], final["on"])
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="figures/bf16/numerics.json")
@@ -51,28 +61,33 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="[default: each model's]")
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--test-limit", type=int, default=None)
+    parser.add_argument("--summarise", metavar="FILE", help="only recompute the summary of FILE's runs")
     args = parser.parse_args()
+    if args.summarise:
+        result = json.loads(Path(args.summarise).read_text())
+        result["summary"] = summarise(result["runs"])
+        Path(args.summarise).write_text(json.dumps(result, indent=2) + "\n")
+        return
     os.environ.setdefault("TQDM_DISABLE", "1")
-    start, runs, summary = time.perf_counter(), [], {}
+    start, runs = time.perf_counter(), []
     for model in args.models:
         dataset, key, options = RUNS[model]
-        finals: dict[str, list[float]] = {"off": [], "on": []}
         for seed in args.seeds:
             for amp in ("off", "on"):
                 with tempfile.TemporaryDirectory() as out:
                     m = experiment.run(model, dataset, out=Path(out), train_limit=args.train_limit,
                                        test_limit=args.test_limit, download=False, options=options,
                                        epochs=args.epochs, seed=seed, device=args.device, amp=amp)
-                finals[amp].append(m["test"][key])
                 runs.append({"model": model, "dataset": dataset, "seed": seed, "amp": amp, "test": m["test"],
                              "seconds": m["seconds"], "device": m["device"], "epochs": m["epochs"],
                              "train_size": m["config"]["train_size"]})
                 print(f"{model} seed {seed} amp {amp:<3}: {key} {m['test'][key]:.4f} ({m['seconds']:.0f} s)", flush=True)
-        summary[model] = compare(key, finals["off"], finals["on"])
-        s = summary[model]
+        s = summarise([r for r in runs if r["model"] == model])[model]
         print(f"{model}: bf16 - float32 = {s['difference']:+.4f} (mean over seeds), "
               f"noise (2 standard errors) {s['two_standard_errors']:.4f}", flush=True)
+    summary = summarise(runs)
     result = {"seeds": args.seeds, "epochs": args.epochs, "train_limit": args.train_limit,
+              "code": experiment.code_version(),
               "seconds": round(time.perf_counter() - start, 1), "summary": summary, "runs": runs}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
