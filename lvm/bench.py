@@ -67,9 +67,10 @@ def _time_interleaved(paths: dict, steps: int, warmup: int, device: torch.device
 
 
 def bench(model: str, device: str = "auto", batch_size: int | None = None, steps: int = 20,
-          warmup: int = 3, compile: bool = False, dataset: str | None = None) -> dict:
+          warmup: int = 3, compile: bool = False, dataset: str | None = None, amp: str | None = None) -> dict:
     entry = registry.get(model)
-    cfg = replace(entry.train, device=device, compile=compile, **({"batch_size": batch_size} if batch_size else {}))
+    cfg = replace(entry.train, device=device, compile=compile, **({"batch_size": batch_size} if batch_size else {}),
+                  **({"amp": amp} if amp else {}))
     cfg.validate()
     dev = resolve_device(cfg.device)
     name = dataset or entry.default_dataset
@@ -78,7 +79,7 @@ def bench(model: str, device: str = "auto", batch_size: int | None = None, steps
     x = _fake_data(info, n)
     result = {"model": model, "dataset_shape": list(info.shape), "batch_size": cfg.batch_size, "steps": steps,
               "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-              "threads": torch.get_num_threads(), "compile": compile}
+              "threads": torch.get_num_threads(), "compile": compile, "amp": cfg.amp}
 
     # ours: data on the device as uint8, batched by index, the trainer's step
     torch.manual_seed(0)

@@ -222,13 +222,15 @@ def reconstruct(checkpoint, dataset, count, out, data_dir, download):
 @click.option("--batch-size", type=int, default=None, callback=_positive, help="[default: the model's]")
 @click.option("--steps", type=int, default=20, show_default=True, callback=_positive, help="Timed steps (after 3 warm-up steps).")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile our step (the reference is never compiled).")
-def bench(model, device, batch_size, steps, compile_):
+@click.option("--amp", type=click.Choice(["auto", "on", "off"]), default=None,
+              help="bf16 autocast of our step: auto = on CUDA only [default: the model's].")
+def bench(model, device, batch_size, steps, compile_, amp):
     """Time training steps of MODEL's default configuration against the course's plain loop; one JSON line."""
     import json
 
     from lvm.bench import bench as run_bench
 
-    click.echo(json.dumps(run_bench(model, device, batch_size, steps, compile=compile_)))
+    click.echo(json.dumps(run_bench(model, device, batch_size, steps, compile=compile_, amp=amp)))
 
 
 @cli.command()
