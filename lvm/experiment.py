@@ -71,14 +71,20 @@ def fit(
 
 
 def code_version() -> str | None:
-    """The git commit the code ran from (`-dirty` if it had uncommitted changes); None outside a
-    git checkout. Recorded in metrics.json so that every row names the code that made it."""
-    try:
-        r = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], capture_output=True,
-                           text=True, cwd=Path(__file__).parent, timeout=10)
-    except (OSError, subprocess.SubprocessError):
+    """The git commit the code runs from, with `-dirty` if the `lvm` package has uncommitted
+    changes (figures written meanwhile do not count); None outside a git checkout. Recorded in
+    metrics.json, as of the start of the run, so that every row names the code that made it."""
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "--short=12", "HEAD")
+    if not commit:
         return None
-    return r.stdout.strip() or None if r.returncode == 0 else None
+    return commit + ("-dirty" if git("status", "--porcelain", "--", ".") else "")
 
 
 def _check_writable(out: Path) -> None:
@@ -125,7 +131,7 @@ def run(
     _check_writable(out)  # only now, after every input was checked: bad input writes nothing
     rank, size = world()
 
-    start = time.perf_counter()
+    start, code = time.perf_counter(), code_version()
     torch.manual_seed(cfg.seed)  # the model's initial weights come from --seed too
     if rank == 0:
         result = entry.run(data, cfg, out, resume=resume, **options)
@@ -150,7 +156,7 @@ def run(
         },
         "device": describe_device(device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
         "torch": torch.__version__,
-        "code": code_version(),
+        "code": code,
         "epochs": cfg.epochs,
         "seconds": round(seconds, 1),
         "resumed": resume,
