@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lvm import data as datasets
 from lvm import registry
-from lvm.train import TrainConfig, make_step, resolve_device
+from lvm.train import make_step, resolve_device
 
 
 def _peak_mb(device: torch.device) -> float:

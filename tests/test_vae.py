@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from lvm import registry
-from lvm.data import DataInfo, load, to_unit
+from lvm.data import DataInfo, load
 from lvm.distributions import gaussian_kl, gaussian_log_prob, standard_normal_log_prob
 from lvm.made import MADE
 from lvm.train import TrainConfig, fit
