@@ -54,6 +54,12 @@ def _numbers(test: dict[str, float]) -> str:
     return ", ".join(f"{LABELS.get(k, k)} {_fmt(v)}" for k, v in test.items() if isinstance(v, (int, float)))
 
 
+def _precision(m: dict) -> str:
+    """", bf16" where the run trained under bf16 autocast (amp "on", or "auto" on a GPU)."""
+    amp = m.get("config", {}).get("train", {}).get("amp")
+    return ", bf16" if amp == "on" or (amp == "auto" and m["device"].startswith("cuda")) else ""
+
+
 def table(runs: list[dict]) -> str:
     head = ("| model | dataset | our final test numbers (nats) | official solution | ours - official "
             "| epochs | train size | device | seconds |\n|---|---|---|---|---|---|---|---|---|")
@@ -71,7 +77,7 @@ def table(runs: list[dict]) -> str:
         rows.append(
             f"| {m['model']} | [{label}]({m['folder']}/) | {_numbers(test)} | "
             f"{_numbers(official) if official else 'n/a (not in the course)'} | {delta} | {m['epochs']} | "
-            f"{size} | {m['device']} | {m['seconds']:.0f} |"
+            f"{size} | {m['device']}{_precision(m)} | {m['seconds']:.0f} |"
         )
     return "\n".join([head, *rows])
 
