@@ -68,7 +68,7 @@ class VectorQuantizer(nn.Module):
         """Index of the nearest code of each row of flat (N, D), by squared distance
         ||z||^2 - 2 z.e + ||e||^2: one matrix product instead of an (N, K, D) difference tensor.
         In float32 even under bf16 autocast: the three terms nearly cancel, and in bf16 the
-        argmin is mostly rounding noise (tests/test_vqvae.py measures it)."""
+        argmin is mostly rounding noise (tests/test_bf16.py measures it)."""
         with torch.autocast(flat.device.type, enabled=False):
             flat, e = flat.float(), self.codebook.float()  # (N, D), (K, D)
             dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1)  # (N, K)
