@@ -32,7 +32,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _fake_data(info: datasets.DataInfo, n: int) -> torch.Tensor:
+def random_batch(info: datasets.DataInfo, n: int) -> torch.Tensor:
     """Random examples of the dataset's kind and shape: timing does not depend on content."""
     g = torch.Generator().manual_seed(0)
     if info.kind == "points":
@@ -76,7 +76,7 @@ def bench(model: str, device: str = "auto", batch_size: int | None = None, steps
     name = dataset or entry.default_dataset
     info = datasets.load(name, train_limit=1, test_limit=1, download=False).info
     n = cfg.batch_size * (steps + warmup)
-    x = _fake_data(info, n)
+    x = random_batch(info, n)
     result = {"model": model, "dataset_shape": list(info.shape), "batch_size": cfg.batch_size, "steps": steps,
               "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
               "threads": torch.get_num_threads(), "compile": compile, "amp": cfg.amp}

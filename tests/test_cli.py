@@ -5,9 +5,13 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from click.testing import CliRunner
 
+from lvm import registry
+from lvm.bench import random_batch
 from lvm.cli import cli
+from lvm.data import DataInfo
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -120,6 +124,17 @@ def test_report_builds_table_and_rewrites_readme(tmp_path):
 def test_python_dash_m_entry_point():
     r = subprocess.run([sys.executable, "-m", "lvm", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "run" in r.stdout and "report" in r.stdout
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_every_model_builds_from_an_empty_config(name):
+    """What `lvm bench` builds: the default model of each entry, which must take a batch."""
+    entry = registry.get(name)
+    kind = entry.kinds[0]
+    info = DataInfo("any", kind, {"points": (2,), "image": (3, 32, 32), "binary": (1, 32, 32)}[kind])
+    torch.manual_seed(0)
+    terms = entry.build({}, info).loss(random_batch(info, 2))
+    assert torch.isfinite(terms["loss"])
 
 
 def test_bench_prints_one_json_line_with_both_paths():

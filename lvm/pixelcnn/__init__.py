@@ -32,6 +32,7 @@ TERMS = {"nll": "Test NLL (nats/dim)"}
 LABELS = {"loss": "NLL (nats/dim)"}
 # widths that may be changed from the command line (`--channels 64 --layers 5`); unset = the course's
 WIDTH_OPTIONS = ("embed_dim", "channels", "layers", "head_channels")
+LEVELS = 2  # binarised images: every pixel a token of 2 levels
 
 
 def _config(prior: str, levels: int, embed_dim=None, channels=None, layers=None, head_channels=None):
@@ -41,9 +42,11 @@ def _config(prior: str, levels: int, embed_dim=None, channels=None, layers=None,
 
 
 def build(config: dict, info: DataInfo, stage: str = "") -> GridModel:
+    """The model of a checkpoint's config; an empty config gives the default model (the plain
+    PixelCNN at the course's widths), as for every registered model."""
     config = dict(config)
-    kind = config.pop("prior")
-    return make_prior(kind, **config)
+    kind = config.pop("prior", "pixelcnn")
+    return make_prior(kind, **{"levels": LEVELS, **config})
 
 
 def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False, prior: str = "pixelcnn",
@@ -53,7 +56,7 @@ def run(data: Data, cfg: TrainConfig, out: Path, resume: bool = False, prior: st
     if prior not in PRIORS:
         raise UserError(f"unknown prior '{prior}'; choose one of: {', '.join(PRIORS)}")
     _, H, W = data.info.shape  # (1, 32, 32): one channel of 0/1 tokens
-    mcfg = _config(prior, levels=2, **widths)
+    mcfg = _config(prior, levels=LEVELS, **widths)
     model = make_prior(prior, **asdict(mcfg))
     config = {"prior": prior, **asdict(mcfg)}
     name = "pixelcnn" if prior == "pixelcnn" else "gated pixelcnn"
