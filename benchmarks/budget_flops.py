@@ -9,13 +9,16 @@ rate bounds a row's time from below; it says which rows dominate a table before 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+import lvm.vqvae
 from lvm import registry
+from lvm.bench import random_batch
 from lvm.data import DataInfo
 from lvm.pixelcnn.model import make_prior
 
@@ -36,19 +39,23 @@ def main() -> None:
     parser.add_argument("--out", default="figures/bench/budget_flops.json")
     args = parser.parse_args()
     torch.manual_seed(0)
-    images = torch.randint(0, 256, (32, *IMAGE.shape), dtype=torch.uint8)
-    bits = torch.randint(0, 2, (32, *BINARY.shape), dtype=torch.uint8)
+    images, bits = random_batch(IMAGE, 32), random_batch(BINARY, 32)
     codes = torch.randint(0, 128, (32, 8, 8))
-    vq_epochs = registry.get("vqvae").train.epochs
-    prior_epochs = 15  # lvm.vqvae.run's default
-    rows = {  # name: (GFLOP per example, epochs, which data)
-        "vae": (step_flops(registry.get("vae").build({}, IMAGE), images), registry.get("vae").train.epochs, "image"),
-        "vlae": (step_flops(registry.get("vlae").build({}, IMAGE), images), registry.get("vlae").train.epochs, "image"),
-        "vqvae": (step_flops(registry.get("vqvae").build({}, IMAGE), images), vq_epochs, "image"),
+    prior_epochs = inspect.signature(lvm.vqvae.run).parameters["prior_epochs"].default
+
+    def default(name: str, info: DataInfo, x: torch.Tensor, **config) -> tuple[float, int, str]:
+        """A registered model at its defaults (`config` picks a variant): FLOP, epochs, data."""
+        entry = registry.get(name)
+        return step_flops(entry.build(config, info), x), entry.train.epochs, info.kind
+
+    rows = {  # name: (FLOP per example, epochs, which data)
+        "vae": default("vae", IMAGE, images),
+        "vlae": default("vlae", IMAGE, images),
+        "vqvae": default("vqvae", IMAGE, images),
         "vqvae prior (pixelcnn)": (step_flops(make_prior("pixelcnn", 128), codes), prior_epochs, "image"),
         "vqvae prior (gated)": (step_flops(make_prior("gated", 128), codes), prior_epochs, "image"),
-        "pixelcnn": (step_flops(make_prior("pixelcnn", 2), bits), registry.get("pixelcnn").train.epochs, "binary"),
-        "pixelcnn (gated)": (step_flops(make_prior("gated", 2), bits), registry.get("pixelcnn").train.epochs, "binary"),
+        "pixelcnn": default("pixelcnn", BINARY, bits),
+        "pixelcnn (gated)": default("pixelcnn", BINARY, bits, prior="gated"),
     }
     result = {"per_example_gflop": {k: round(v[0] / 1e9, 4) for k, v in rows.items()},
               "epochs": {k: v[1] for k, v in rows.items()}, "total_pflop": {}}

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lvm import registry
+from lvm.bench import random_batch
 from lvm.data import DataInfo
 from lvm.train import make_step
 
@@ -24,14 +25,12 @@ CASES = {
 
 
 def _batch(info: DataInfo, n: int = 128) -> torch.Tensor:
-    high = 2 if info.kind == "binary" else 256
-    return torch.randint(0, high, (n, *info.shape), dtype=torch.uint8, device="cuda")
+    return random_batch(info, n).cuda()
 
 
 def _build(name: str, info: DataInfo):
     entry = registry.get(name)
-    config = {"prior": "pixelcnn", "levels": 2} if name == "pixelcnn" else {}
-    return entry, entry.build(config, info).cuda()
+    return entry, entry.build({}, info).cuda()  # the default model, as `lvm bench` builds it
 
 
 @pytest.mark.parametrize("name", list(CASES))
