@@ -45,6 +45,13 @@ def _positive(ctx, param, value):
     return value
 
 
+def _with_resume_hint(e: Interrupted, fallback: list[str]) -> Interrupted:
+    """The interruption with the command that continues it: the user's own command line plus
+    --resume, or `fallback` (the command's name and required arguments) when not run as `lvm`."""
+    again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == fallback[:1] else fallback
+    return Interrupted(f"{e}\nresume with: lvm {shlex.join(again)} --resume")
+
+
 data_dir_option = click.option(
     "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Folder holding datasets in torchvision's layout [default: $LVM_DATA_DIR or ~/.cache/lvm].",
@@ -101,8 +108,7 @@ def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, tra
             epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, amp=amp,
         )
     except Interrupted as e:
-        again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["run"] else ["run", model]
-        raise Interrupted(f"{e}\nresume with: lvm {shlex.join(again)} --resume") from None
+        raise _with_resume_hint(e, ["run", model]) from None
     from lvm.train import is_main_process
 
     if not is_main_process():
@@ -135,8 +141,7 @@ def table(dataset, figures, device, seed, data_dir, epochs, prior_epochs, train_
                 epochs=epochs, prior_epochs=prior_epochs, train_limit=train_limit, test_limit=test_limit,
                 resume=resume, echo=click.echo)
     except Interrupted as e:
-        again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == ["table"] else ["table", "--dataset", dataset]
-        raise Interrupted(f"{e}\nresume with: lvm {shlex.join(again)} --resume") from None
+        raise _with_resume_hint(e, ["table", "--dataset", dataset]) from None
 
 
 @cli.group()

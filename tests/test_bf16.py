@@ -54,19 +54,24 @@ def test_ema_codebook_update_under_autocast_equals_float32():
         torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-6)
 
 
-def _models():
-    torch.manual_seed(0)
-    yield "vae", tiny("vae"), images(16)
-    yield "vlae", tiny("vlae"), images(16)
-    yield "vqvae", VQVAE(VQVAEConfig(num_codes=16, code_dim=8, width=8)), images(16)
-    grid = torch.randint(0, 2, (16, 1, 12, 12), dtype=torch.uint8)
-    yield "pixelcnn", make_prior("pixelcnn", 2, embed_dim=4, channels=8, head_channels=8, n_blocks=2), grid
-    yield "gated", make_prior("gated", 2, embed_dim=4, channels=8, head_channels=8, n_layers=2), grid
+def _grid() -> torch.Tensor:
+    return torch.randint(0, 2, (16, 1, 12, 12), dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("name", ["vae", "vlae", "vqvae", "pixelcnn", "gated"])
+PRIOR = dict(embed_dim=4, channels=8, head_channels=8)
+MODELS = {  # name: () -> (tiny model, a batch of its data)
+    "vae": lambda: (tiny("vae"), images(16)),
+    "vlae": lambda: (tiny("vlae"), images(16)),
+    "vqvae": lambda: (VQVAE(VQVAEConfig(num_codes=16, code_dim=8, width=8)), images(16)),
+    "pixelcnn": lambda: (make_prior("pixelcnn", 2, n_blocks=2, **PRIOR), _grid()),
+    "gated": lambda: (make_prior("gated", 2, n_layers=2, **PRIOR), _grid()),
+}
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_loss_terms_under_autocast_are_float32_and_close(name):
-    _, model, x = next(m for m in _models() if m[0] == name)
+    torch.manual_seed(0)
+    model, x = MODELS[name]()
     model.eval()  # no codebook updates: both passes see the same weights
     torch.manual_seed(3)
     exact = model.loss(x)

@@ -98,27 +98,25 @@ class VectorQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_codebook(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        """Training-mode side effects: EMA updates and dead-code restarts (float32 sums)."""
+        """Training-mode side effects: EMA updates and dead-code restarts. `flat` is float32
+        (forward's z); autocast is off so that the sums stay float32 too."""
         with torch.autocast(flat.device.type, enabled=False):
-            self._update_codebook_fp32(flat.float(), indices)
-
-    def _update_codebook_fp32(self, flat: torch.Tensor, indices: torch.Tensor) -> None:
-        onehot = F.one_hot(indices, self.num_codes).type_as(flat)  # (N, K)
-        counts = onehot.sum(0)  # (K,)
-        if self.ema_decay is not None:
-            d = self.ema_decay
-            self.ema_count.mul_(d).add_(counts, alpha=1 - d)
-            self.ema_sum.mul_(d).add_(onehot.t() @ flat, alpha=1 - d)  # (K, D)
-            alive = self.ema_count > 1e-8  # a code never assigned keeps its place
-            means = self.ema_sum / self.ema_count.clamp_min(1e-8)[:, None]  # (K, D)
-            self.codebook.data.copy_(torch.where(alive[:, None], means, self.codebook.data))
-        if self.restart_dead:
-            self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
-            # Every code draws a candidate and only the dead ones take it: selecting the dead
-            # codes by index (`nonzero`) would make the host wait for the GPU at every step.
-            dead = self.steps_unused >= self.restart_window  # (K,)
-            pick = flat[torch.randint(len(flat), (self.num_codes,), device=flat.device)]  # (K, D)
-            self.codebook.data.copy_(torch.where(dead[:, None], pick, self.codebook.data))
-            self.ema_sum.copy_(torch.where(dead[:, None], pick, self.ema_sum))
-            self.ema_count.masked_fill_(dead, 1.0)
-            self.steps_unused.masked_fill_(dead, 0)
+            onehot = F.one_hot(indices, self.num_codes).type_as(flat)  # (N, K)
+            counts = onehot.sum(0)  # (K,)
+            if self.ema_decay is not None:
+                d = self.ema_decay
+                self.ema_count.mul_(d).add_(counts, alpha=1 - d)
+                self.ema_sum.mul_(d).add_(onehot.t() @ flat, alpha=1 - d)  # (K, D)
+                alive = self.ema_count > 1e-8  # a code never assigned keeps its place
+                means = self.ema_sum / self.ema_count.clamp_min(1e-8)[:, None]  # (K, D)
+                self.codebook.data.copy_(torch.where(alive[:, None], means, self.codebook.data))
+            if self.restart_dead:
+                self.steps_unused.add_(1).masked_fill_(counts > 0, 0)
+                # Every code draws a candidate and only the dead ones take it: selecting the dead
+                # codes by index (`nonzero`) would make the host wait for the GPU at every step.
+                dead = self.steps_unused >= self.restart_window  # (K,)
+                pick = flat[torch.randint(len(flat), (self.num_codes,), device=flat.device)]  # (K, D)
+                self.codebook.data.copy_(torch.where(dead[:, None], pick, self.codebook.data))
+                self.ema_sum.copy_(torch.where(dead[:, None], pick, self.ema_sum))
+                self.ema_count.masked_fill_(dead, 1.0)
+                self.steps_unused.masked_fill_(dead, 0)
