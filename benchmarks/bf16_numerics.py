@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from lvm import experiment
+from lvm.engine import pipeline as experiment
 
 # model -> (dataset, the number compared, extra options)
 RUNS = {

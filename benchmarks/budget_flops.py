@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 import lvm.vqvae
 from lvm import registry
 from lvm.bench import random_batch
-from lvm.data import DataInfo
+from lvm.engine.data import DataInfo
 from lvm.pixelcnn.model import make_prior
 
 IMAGE = DataInfo("shapes", "image", (3, 32, 32))  # Fashion-MNIST has 1 channel: its first conv is cheaper

@@ -3,7 +3,7 @@
 Self-contained on purpose (it does not import lvm's models or trainer): the course's
 architecture written out as its solution does, float32 images in [-1, 1] held in a
 TensorDataset, a shuffling DataLoader, Adam 1e-3, batch 128. Only the data slice comes from
-`lvm.data.load`, so both see exactly the same images.
+`lvm.engine.data.load`, so both see exactly the same images.
 
     OMP_NUM_THREADS=1 python benchmarks/course_reference.py --dataset shapes --epochs 5 \
         --train-limit 10000 --test-limit 2000 --out figures/vae/shapes/budget-8000x4/reference.json
@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvm.data import load
+from lvm.engine.data import load
 
 
 class CourseVAE(nn.Module):

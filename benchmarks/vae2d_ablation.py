@@ -15,9 +15,9 @@ import time
 
 import torch
 
-from lvm.data import load
-from lvm.experiment import describe_device
-from lvm.train import TrainConfig, fit
+from lvm.engine.data import load
+from lvm.engine.pipeline import describe_device
+from lvm.engine.train import TrainConfig, fit
 from lvm.vae2d.model import VAE2d, VAE2dConfig
 
 VARIANTS = {  # name: (lr schedule, standardised inputs)

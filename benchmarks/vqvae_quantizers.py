@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from lvm import data as datasets
-from lvm.train import TrainConfig, fit
+from lvm.engine import data as datasets
+from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import codebook_usage, encode_all
 from lvm.vqvae.model import VQVAE, VQVAEConfig
 

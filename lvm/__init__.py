@@ -6,6 +6,6 @@ __version__ = "0.1.0"
 
 def load_model(path, map_location="cpu"):
     """Rebuild a trained model from its checkpoint: `model, meta = lvm.load_model(path)`."""
-    from lvm.experiment import load_model as _load
+    from lvm.engine.pipeline import load_model as _load
 
     return _load(path, map_location)

@@ -1,7 +1,7 @@
 """`lvm bench MODEL`: training steps per second of a model's default configuration, ours beside
 the course's plain loop, measured in one process on the same data.
 
-Ours: the trainer's own step (`lvm.train.make_step`): uint8 data held on the device and batched
+Ours: the trainer's own step (`lvm.engine.train.make_step`): uint8 data held on the device and batched
 by index, bf16 autocast and channels-last on CUDA, optional torch.compile.
 Plain reference: float32 data in a torch DataLoader (per-item indexing and collation), the same
 model and optimiser, no autocast, no compilation: the course's loop.
@@ -16,9 +16,9 @@ from dataclasses import replace
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvm import data as datasets
+from lvm.engine import data as datasets
 from lvm import registry
-from lvm.train import make_step, resolve_device
+from lvm.engine.train import make_step, resolve_device
 
 
 def _peak_mb(device: torch.device) -> float:

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from lvm.errors import UserError
-from lvm.grade import grade
-from lvm.train import Interrupted
+from lvm.engine.errors import UserError
+from lvm.homework.grade import grade
+from lvm.engine.train import Interrupted
 
 
 class Group(click.Group):
@@ -96,7 +96,7 @@ def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, tra
         resume, prior, prior_epochs, channels, layers, amp, download):
     """Train MODEL on a dataset and write its row of the results table: metrics.json,
     history.json, train_plot.png and the model's figures."""
-    from lvm import experiment
+    from lvm.engine import pipeline as experiment
 
     if lr is not None and not lr > 0:
         raise click.BadParameter(f"must be positive, got {lr}", param_hint="'--lr'")
@@ -109,7 +109,7 @@ def run(model, dataset, epochs, batch_size, lr, seed, device, data_dir, out, tra
         )
     except Interrupted as e:
         raise _with_resume_hint(e, ["run", model]) from None
-    from lvm.train import is_main_process
+    from lvm.engine.train import is_main_process
 
     if not is_main_process():
         return
@@ -157,8 +157,8 @@ def data():
 @download_option
 def data_show(name, data_dir, out, download):
     """Load dataset NAME, print its sizes, and draw 100 training examples."""
-    from lvm import data as datasets
-    from lvm.plotting import save_image_grid, save_scatter
+    from lvm.engine import data as datasets
+    from lvm.engine.plotting import save_image_grid, save_scatter
 
     d = datasets.load(name, data_dir, download=download)
     click.echo(f"{name}: {len(d.train)} train, {len(d.test)} test, one example: "
@@ -176,7 +176,7 @@ def data_show(name, data_dir, out, download):
 @data_dir_option
 def list_(data_dir):
     """Models, and datasets with whether each is on disk."""
-    from lvm import data as datasets
+    from lvm.engine import data as datasets
     from lvm import registry
 
     click.echo("models:")
@@ -202,7 +202,7 @@ checkpoint_option = click.option(
 @click.option("--seed", type=int, default=0, show_default=True)
 def sample(checkpoint, count, out, seed):
     """Draw samples from a trained model."""
-    from lvm import experiment
+    from lvm.engine import pipeline as experiment
 
     click.echo(f"wrote {experiment.sample_to_file(checkpoint, count, out, seed)}")
 
@@ -216,7 +216,7 @@ def sample(checkpoint, count, out, seed):
 @download_option
 def reconstruct(checkpoint, dataset, count, out, data_dir, download):
     """Reconstruct test images with a trained model: originals beside reconstructions."""
-    from lvm import experiment
+    from lvm.engine import pipeline as experiment
 
     click.echo(f"wrote {experiment.reconstruct_to_file(checkpoint, dataset, out, count, data_dir, download)}")
 

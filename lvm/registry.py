@@ -10,8 +10,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from lvm.errors import UserError
-from lvm.train import TrainConfig
+from lvm.engine.errors import UserError
+from lvm.engine.train import TrainConfig
 
 # Every subpackage of `lvm` is a model package that registers itself on import; a new model
 # needs no line anywhere else. `lvm list` shows them in this order, then any others.
@@ -23,7 +23,7 @@ class Entry:
     """How to train one model and what it reports.
 
     run(data, cfg, out, resume=False, **options) -> dict with at least "test" (final test
-    metrics) and "config" (the model's hyperparameters); it trains with `lvm.experiment.fit`
+    metrics) and "config" (the model's hyperparameters); it trains with `lvm.engine.pipeline.fit`
     and writes the model's figures into `out`.
     build(model_config: dict, info: DataInfo, stage: str = "") -> nn.Module rebuilds the model of
     a checkpoint (`stage` names which one, for models trained in stages).

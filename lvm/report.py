@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lvm.errors import UserError
+from lvm.engine.errors import UserError
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

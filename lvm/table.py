@@ -9,7 +9,7 @@ The rows come from the registry, in its order, with nothing named per model:
   plain row's finished stage checkpoints are copied in and the row runs with `resume=True`, and a
   finished stage trains no further; every other stage (the prior) trains from scratch.
 
-Each row is `lvm.experiment.run`, what `lvm run` does, with the model's default budget unless
+Each row is `lvm.engine.pipeline.run`, what `lvm run` does, with the model's default budget unless
 the caller overrides it (tiny budgets for tests). `--resume` resumes every row from its own
 checkpoints: a finished row loads its weights, trains no further and only redraws its figures.
 """
@@ -25,10 +25,11 @@ from typing import Any, Callable
 
 import torch
 
-from lvm import data as datasets
-from lvm import experiment, registry
-from lvm.errors import UserError
-from lvm.train import resolve_device
+from lvm.engine import data as datasets
+from lvm import registry
+from lvm.engine import pipeline as experiment
+from lvm.engine.errors import UserError
+from lvm.engine.train import resolve_device
 
 VARIANT = {"prior": "gated"}  # the option that makes the second row, and its folder suffix below
 SUFFIX = "-gated"

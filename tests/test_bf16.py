@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lvm.pixelcnn.model import make_prior
-from lvm.train import TrainConfig, fit
+from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer
 from tests.test_vae import images, tiny
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from lvm import registry
 from lvm.bench import random_batch
 from lvm.cli import cli
-from lvm.data import DataInfo
+from lvm.engine.data import DataInfo
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

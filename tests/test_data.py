@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from lvm import data
-from lvm.errors import UserError
+from lvm.engine import data
+from lvm.engine.errors import UserError
 
 
 def test_gaussians_follow_the_course_formula():

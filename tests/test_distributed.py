@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from lvm.train import TrainConfig, fit, init_distributed
+from lvm.engine.train import TrainConfig, fit, init_distributed
 from tests.test_train import Regression, regression_data
 
 CFG = dict(epochs=3, batch_size=32, lr=0.05, device="cpu", log_every=2)

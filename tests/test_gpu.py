@@ -10,8 +10,8 @@ import torch
 
 from lvm import registry
 from lvm.bench import random_batch
-from lvm.data import DataInfo
-from lvm.train import make_step
+from lvm.engine.data import DataInfo
+from lvm.engine.train import make_step
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

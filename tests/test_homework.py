@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from lvm import data as datasets
-from lvm import homework as hw
+from lvm.engine import data as datasets
+from lvm.homework import helpers as hw
 from lvm.cli import cli
-from lvm.grade import grade_functions, load_functions, reference_functions
+from lvm.homework.grade import grade_functions, load_functions, reference_functions
 
 ROOT = Path(__file__).resolve().parent.parent
 HOMEWORK = ROOT / "homework"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from lvm import data as datasets
-from lvm import experiment
-from lvm.pixelcnn.layers import MaskedConv2d
+from lvm.engine import data as datasets
+from lvm.engine import pipeline as experiment
+from lvm.blocks.masked import MaskedConv2d
 from lvm.pixelcnn.model import (
     GatedPixelCNN,
     GatedPixelCNNConfig,

@@ -7,11 +7,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import lvm.train
+import lvm.engine.train
 from lvm import table
 from lvm.cli import cli
-from lvm.errors import UserError
-from lvm.train import Interrupted
+from lvm.engine.errors import UserError
+from lvm.engine.train import Interrupted
 
 
 def rows(dataset):
@@ -36,7 +36,7 @@ def test_plan_for_each_dataset():
 
 
 def test_plan_refuses_a_dataset_no_model_trains_on(monkeypatch):
-    from lvm import data
+    from lvm.engine import data
 
     monkeypatch.setitem(data.DATASETS, "audio", data.Source("sound", "waveform", lambda root, dl: None, True))
     with pytest.raises(UserError, match="no model trains on 'audio'"):
@@ -59,7 +59,7 @@ def test_take_stages_copies_shared_checkpoints_and_drops_stale_ones(tmp_path):
 
 def test_tiny_table_on_shapes_trains_every_row_and_reuses_the_vqvae(tmp_path, monkeypatch):
     steps = Counter()  # optimiser steps taken, by model class
-    make_step = lvm.train.make_step
+    make_step = lvm.engine.train.make_step
 
     def counting(model, *args, **kwargs):
         step = make_step(model, *args, **kwargs)
@@ -70,7 +70,7 @@ def test_tiny_table_on_shapes_trains_every_row_and_reuses_the_vqvae(tmp_path, mo
 
         return counted
 
-    monkeypatch.setattr(lvm.train, "make_step", counting)
+    monkeypatch.setattr(lvm.engine.train, "make_step", counting)
     figures = tmp_path / "figures"
     r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--epochs", "1", "--prior-epochs", "1",
                                  "--train-limit", "64", "--test-limit", "32", "--device", "cpu",
@@ -121,7 +121,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expect)
 
 
 def test_ctrl_c_tells_how_to_resume(tmp_path, monkeypatch):
-    from lvm import experiment
+    from lvm.engine import pipeline as experiment
 
     def interrupted(model, *args, **kwargs):
         raise Interrupted(f"interrupted at epoch 1, step 3; saved {kwargs['out']}/checkpoint.pt")

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from lvm.errors import UserError
-from lvm.experiment import load_model
-from lvm.train import Diverged, Interrupted, TrainConfig, evaluate, fit, load_checkpoint
+from lvm.engine.errors import UserError
+from lvm.engine.pipeline import load_model
+from lvm.engine.train import Diverged, Interrupted, TrainConfig, evaluate, fit, load_checkpoint
 from lvm.vae2d.model import VAE2d, VAE2dConfig
 
 
@@ -121,7 +121,7 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
 
 
 def test_checkpoint_round_trips_through_load_model(tmp_path):
-    from lvm import experiment
+    from lvm.engine import pipeline as experiment
 
     experiment.run("vae2d", "gaussians-b1", out=tmp_path, epochs=1, train_limit=256, test_limit=64, device="cpu")
     model, meta = load_model(tmp_path / "checkpoint.pt")

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from lvm import registry
-from lvm.data import DataInfo, load
-from lvm.distributions import gaussian_kl, gaussian_log_prob, standard_normal_log_prob
-from lvm.made import MADE
-from lvm.train import TrainConfig, fit
+from lvm.engine.data import DataInfo, load
+from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, standard_normal_log_prob
+from lvm.blocks.made import MADE
+from lvm.engine.train import TrainConfig, fit
 from lvm.vae import VAE, VAEConfig
 from lvm.vlae import VLAE, AutoregressiveFlowPrior, VLAEConfig
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from lvm.data import load
-from lvm.distributions import gaussian_kl
-from lvm.train import TrainConfig, fit
+from lvm.engine.data import load
+from lvm.blocks.distributions import gaussian_kl
+from lvm.engine.train import TrainConfig, fit
 from lvm.vae2d.model import VAE2d, VAE2dConfig
 
 

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import lvm.vqvae
-from lvm import data as datasets
-from lvm import experiment
-from lvm.train import TrainConfig, fit
+from lvm.engine import data as datasets
+from lvm.engine import pipeline as experiment
+from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, codebook_usage, encode_all
 
 torch.set_num_threads(1)

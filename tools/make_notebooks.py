@@ -32,9 +32,9 @@ import torch
 from IPython.display import Image, display
 
 import lvm
-from lvm import data as datasets
-from lvm import plotting
-from lvm.train import TrainConfig, fit
+from lvm.engine import data as datasets
+from lvm.engine import plotting
+from lvm.engine.train import TrainConfig, fit
 
 torch.manual_seed(0)
 out = Path(tempfile.mkdtemp(prefix="lvm-notebook-"))  # figures go here, then are shown inline
@@ -103,11 +103,11 @@ variance per axis. Part a's correlation can only come through z.
 
 ## The KL term: closed form against Monte Carlo
 
-`lvm.distributions.gaussian_kl` is the closed form; it should equal the average of
+`lvm.blocks.distributions.gaussian_kl` is the closed form; it should equal the average of
 $\\log q(z) - \\log p(z)$ over many draws $z \\sim q$.
 """),
         code("""
-from lvm.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
+from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
 
 mu = torch.tensor([[0.5, -1.0]])
 log_std = torch.tensor([[0.1, -0.7]])
@@ -130,7 +130,7 @@ print("parameters:", n_params(model_a))
         md("""
 ## Training, part a
 
-The one trainer (`lvm.train.fit`) records every loss term for each training minibatch and on the
+The one trainer (`lvm.engine.train.fit`) records every loss term for each training minibatch and on the
 test set before training and after every epoch. The course trains 20 epochs; five are enough to
 see the picture here (a few seconds).
 """),
@@ -309,7 +309,7 @@ The gradient of output $i$ with respect to input $j$ is nonzero only for $j < i$
 lower-triangular pattern (`1` = depends).
 """),
         code("""
-from lvm.made import MADE
+from lvm.blocks.made import MADE
 
 made = MADE(dim=6, hidden=(32, 32), n_out=2)
 z = torch.randn(1, 6, requires_grad=True)
@@ -523,7 +523,7 @@ that sees the current row to the left; gated activations $\\tanh(a) \\odot \\sig
         code(SETUP),
         md("## The masks (1 = the tap is used)"),
         code("""
-from lvm.pixelcnn.layers import MaskedConv2d
+from lvm.blocks.masked import MaskedConv2d
 
 for kind in "AB":
     print(f"type {kind}:")
@@ -568,7 +568,7 @@ if datasets.on_disk("fashion-mnist-binary"):
     data = datasets.load(name, train_limit=1000, test_limit=200)
     train, test = data.train, data.test
 else:  # the shapes' grey level, thresholded: needs no files
-    from lvm.homework import binary_data, from_hwc
+    from lvm.homework.helpers import binary_data, from_hwc
     name = "shapes-binary"
     train, test = (from_hwc(a) for a in binary_data(name, train_limit=1000, test_limit=200))
 print(name, "train", tuple(train.shape), train.dtype, "values", train.unique().tolist())

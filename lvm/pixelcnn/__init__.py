@@ -10,9 +10,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from lvm import experiment
-from lvm.data import Data, DataInfo
-from lvm.errors import UserError
+from lvm.engine import pipeline as experiment
+from lvm.engine.data import Data, DataInfo
+from lvm.engine.errors import UserError
 from lvm.pixelcnn.model import (
     PRIORS,
     GatedPixelCNN,
@@ -22,9 +22,9 @@ from lvm.pixelcnn.model import (
     PixelCNNConfig,
     make_prior,
 )
-from lvm.plotting import save_image_grid
+from lvm.engine.plotting import save_image_grid
 from lvm.registry import Entry, register
-from lvm.train import TrainConfig
+from lvm.engine.train import TrainConfig
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNConfig", "GridModel", "PixelCNN", "PixelCNNConfig", "make_prior"]
 

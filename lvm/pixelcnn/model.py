@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lvm.pixelcnn.layers import GatedLayer, MaskedConv2d
+from lvm.blocks.masked import GatedLayer, MaskedConv2d
 
 
 class GridModel(nn.Module):

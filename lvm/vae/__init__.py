@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from lvm import experiment
-from lvm.data import Data, DataInfo, from_unit, to_unit
-from lvm.plotting import save_image_grid, save_interpolations, save_reconstructions
+from lvm.engine import pipeline as experiment
+from lvm.engine.data import Data, DataInfo, from_unit, to_unit
+from lvm.engine.plotting import save_image_grid, save_interpolations, save_reconstructions
 from lvm.registry import Entry, register
-from lvm.train import TrainConfig
+from lvm.engine.train import TrainConfig
 from lvm.vae.model import VAE, Decoder, Encoder, VAEConfig
 
 __all__ = ["VAE", "VAEConfig", "Encoder", "Decoder", "report"]

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lvm.data import to_unit
-from lvm.distributions import gaussian_kl, reparameterize
+from lvm.engine.data import to_unit
+from lvm.blocks.distributions import gaussian_kl, reparameterize
 
 
 @dataclass

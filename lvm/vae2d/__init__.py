@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from lvm import experiment
-from lvm.data import Data, DataInfo
-from lvm.plotting import save_scatter
+from lvm.engine import pipeline as experiment
+from lvm.engine.data import Data, DataInfo
+from lvm.engine.plotting import save_scatter
 from lvm.registry import Entry, register
-from lvm.train import TrainConfig
+from lvm.engine.train import TrainConfig
 from lvm.vae2d.model import VAE2d, VAE2dConfig
 
 __all__ = ["VAE2d", "VAE2dConfig"]

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lvm.distributions import gaussian_kl, gaussian_log_prob, reparameterize
+from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 
 
 @dataclass

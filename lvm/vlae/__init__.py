@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
-from lvm.data import Data, DataInfo
+from lvm.engine.data import Data, DataInfo
 from lvm.registry import Entry, register
-from lvm.train import TrainConfig
+from lvm.engine.train import TrainConfig
 from lvm.vae import TERMS, report
 from lvm.vlae.model import VLAE, AutoregressiveFlowPrior, VLAEConfig
 

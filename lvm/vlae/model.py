@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lvm.distributions import gaussian_log_prob, standard_normal_log_prob
-from lvm.made import MADE
+from lvm.blocks.distributions import gaussian_log_prob, standard_normal_log_prob
+from lvm.blocks.made import MADE
 from lvm.vae.model import VAE, VAEConfig
 
 

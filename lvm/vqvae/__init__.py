@@ -18,12 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lvm import experiment
-from lvm.data import Data, DataInfo, from_unit
+from lvm.engine import pipeline as experiment
+from lvm.engine.data import Data, DataInfo, from_unit
 from lvm.pixelcnn.model import make_prior  # the prior over code grids
-from lvm.plotting import save_code_maps, save_image_grid, save_reconstructions
+from lvm.engine.plotting import save_code_maps, save_image_grid, save_reconstructions
 from lvm.registry import Entry, register
-from lvm.train import CHECKPOINT_FORMAT, TrainConfig, save_checkpoint
+from lvm.engine.train import CHECKPOINT_FORMAT, TrainConfig, save_checkpoint
 from lvm.vqvae.model import VQVAE, VQVAEConfig
 from lvm.vqvae.quantizer import VectorQuantizer, codebook_usage
 

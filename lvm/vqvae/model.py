@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lvm.data import to_unit
+from lvm.engine.data import to_unit
 from lvm.vqvae.quantizer import VectorQuantizer
 
 

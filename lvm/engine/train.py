@@ -24,7 +24,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from lvm.errors import UserError
+from lvm.engine.errors import UserError
 
 CHECKPOINT_FORMAT = "lvm-checkpoint-1"
 

@@ -2,7 +2,7 @@
 
     lvm grade homework/q1_vae2d.ipynb     # the question functions defined in a notebook
     lvm grade my_solutions.py             # ... or in a Python file
-    lvm grade --reference                 # lvm.solutions, with its tiny budget
+    lvm grade --reference                 # lvm.homework.solutions, with its tiny budget
 
 From a notebook only imports, function and class definitions and plain assignments are run (the
 cells that train, plot or call `save_results_*` are skipped), so grading does not redo the
@@ -32,7 +32,7 @@ from typing import Any, Callable
 import click
 import numpy as np
 
-from lvm.errors import UserError
+from lvm.engine.errors import UserError
 
 MAGIC_PREFIXES = ("%", "!")
 _SOURCE = ""  # the file being graded: tracebacks are reported at its lines
@@ -235,7 +235,7 @@ class Question:
 
 def _call(fn: Callable, result: Result, returns: tuple[str, ...], *args) -> tuple | None:
     """Call a student function; turn whatever goes wrong into one FAIL line."""
-    from lvm import homework
+    from lvm.homework import helpers as homework
 
     name = getattr(fn, "__name__", "the function")
     homework._GRADING = True  # lvm.homework.grading() tells the solution it is being graded
@@ -284,7 +284,7 @@ def _run_q1(fn: Callable, result: Result, train_size: int) -> None:
 
 def _run_q2(part: str) -> Callable:
     def run(fn: Callable, result: Result, train_size: int) -> None:
-        from lvm.homework import image_data
+        from lvm.homework.helpers import image_data
 
         train, test = image_data("shapes", train_size, max(100, train_size // 4))
         q = QUESTIONS[f"q2{part}"]
@@ -308,7 +308,7 @@ def _run_q2(part: str) -> Callable:
 
 def _run_vqvae(question: str) -> Callable:
     def run(fn: Callable, result: Result, train_size: int) -> None:
-        from lvm.homework import image_data
+        from lvm.homework.helpers import image_data
 
         train, test = image_data("shapes", train_size, max(100, train_size // 4))
         q = QUESTIONS[question]
@@ -407,7 +407,7 @@ def grade_functions(functions: dict[str, Callable], questions: list[str] | None 
 
 
 def reference_functions(budget: str = "tiny") -> dict[str, Callable]:
-    from lvm import solutions
+    from lvm.homework import solutions
 
     out = {}
     for spec in QUESTIONS.values():
@@ -430,7 +430,7 @@ def format_results(results: list[Result]) -> str:
 
 @click.command()
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--reference", is_flag=True, help="Grade the reference solutions (lvm.solutions, tiny budget).")
+@click.option("--reference", is_flag=True, help="Grade the reference solutions (lvm.homework.solutions, tiny budget).")
 @click.option("-q", "--question", "questions", multiple=True, type=click.Choice(list(QUESTIONS)),
               help="Grade only this question (repeatable) [default: every question function found].")
 @click.option("--train-size", type=int, default=None, help="Training examples per question [default: 2000 for q1, 512 (256 for q4b) otherwise].")
@@ -442,7 +442,7 @@ def grade(path, reference, questions, train_size, timeout):
     if train_size is not None and train_size < 100:
         raise click.BadParameter(f"must be at least 100, got {train_size}", param_hint="'--train-size'")
     if reference:
-        functions, notes, what = reference_functions("tiny"), [], "the reference solutions (lvm.solutions, tiny budget)"
+        functions, notes, what = reference_functions("tiny"), [], "the reference solutions (lvm.homework.solutions, tiny budget)"
     else:
         global _SOURCE
         namespace, notes = load_functions(path)

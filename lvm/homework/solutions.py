@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lvm.data import from_unit
-from lvm.homework import from_hwc, to_hwc
-from lvm.train import History, TrainConfig, fit
+from lvm.engine.data import from_unit
+from lvm.homework.helpers import from_hwc, to_hwc
+from lvm.engine.train import History, TrainConfig, fit
 from lvm.vae2d.model import VAE2d, VAE2dConfig
 
 BUDGETS = ("course", "tiny")

@@ -18,13 +18,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from lvm import data as datasets
+from lvm.engine import data as datasets
 from lvm import registry
-from lvm.data import DataInfo
-from lvm.errors import UserError
-from lvm.plotting import plot_training, save_image_grid, save_reconstructions, save_scatter
-from lvm.train import History, TrainConfig, init_distributed, load_checkpoint, resolve_device, world
-from lvm.train import fit as train_fit
+from lvm.engine.data import DataInfo
+from lvm.engine.errors import UserError
+from lvm.engine.plotting import plot_training, save_image_grid, save_reconstructions, save_scatter
+from lvm.engine.train import History, TrainConfig, init_distributed, load_checkpoint, resolve_device, world
+from lvm.engine.train import fit as train_fit
 
 
 def write_json(path: Path, obj: Any) -> None:

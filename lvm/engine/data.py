@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lvm.errors import UserError
+from lvm.engine.errors import UserError
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -9,7 +9,7 @@ The course's conventions, kept here so that a solution written for the course ru
 - binary images (Q4b): uint8 arrays (N, 32, 32, 1) of 0/1, channels last.
 - a solution returns images as float arrays (N, 32, 32, C) with values in [0, 255].
 
-Figures are written by `lvm.plotting` into `out` (default `results/`), and shown inline when
+Figures are written by `lvm.engine.plotting` into `out` (default `results/`), and shown inline when
 running inside a notebook.
 """
 
@@ -21,9 +21,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lvm import data as datasets
-from lvm.errors import UserError
-from lvm.plotting import plot_training, save_image_grid, save_scatter
+from lvm.engine import data as datasets
+from lvm.engine.errors import UserError
+from lvm.engine.plotting import plot_training, save_image_grid, save_scatter
 
 # The course numbers its image datasets; a solution receives the id and may pick settings by it.
 IMAGE_DATASETS = {"svhn": 1, "cifar10": 2, "shapes": 3, "fashion-mnist": 4}
@@ -62,7 +62,7 @@ def show(*paths: str | Path) -> list[Path]:
 
 
 def to_chw(images: np.ndarray) -> torch.Tensor:
-    """(N, H, W, C) values in [0, 255] -> (N, C, H, W) float in [0, 1], for lvm.plotting."""
+    """(N, H, W, C) values in [0, 255] -> (N, C, H, W) float in [0, 1], for lvm.engine.plotting."""
     return torch.as_tensor(np.asarray(images, np.float32) / 255.0).permute(0, 3, 1, 2)
 
 
