@@ -76,7 +76,7 @@ def main() -> None:
             for amp in ("off", "on"):
                 with tempfile.TemporaryDirectory() as out:
                     m = experiment.run(model, dataset, out=Path(out), train_limit=args.train_limit,
-                                       test_limit=args.test_limit, download=False, options=options,
+                                       test_limit=args.test_limit, download=False, overrides=options,
                                        epochs=args.epochs, seed=seed, device=args.device, amp=amp)
                 runs.append({"model": model, "dataset": dataset, "seed": seed, "amp": amp, "test": m["test"],
                              "seconds": m["seconds"], "device": m["device"], "epochs": m["epochs"],

@@ -9,18 +9,17 @@ rate bounds a row's time from below; it says which rows dominate a table before 
 from __future__ import annotations
 
 import argparse
-import inspect
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import lvm.vqvae
 from lvm import registry
 from lvm.bench import random_batch
 from lvm.engine.data import DataInfo
-from lvm.pixelcnn.model import make_prior
+from lvm.vqvae.model import VQVAEConfig, make_prior
 
 IMAGE = DataInfo("shapes", "image", (3, 32, 32))  # Fashion-MNIST has 1 channel: its first conv is cheaper
 BINARY = DataInfo("fashion-mnist-binary", "binary", (1, 32, 32))
@@ -41,12 +40,13 @@ def main() -> None:
     torch.manual_seed(0)
     images, bits = random_batch(IMAGE, 32), random_batch(BINARY, 32)
     codes = torch.randint(0, 128, (32, 8, 8))
-    prior_epochs = inspect.signature(lvm.vqvae.run).parameters["prior_epochs"].default
+    prior_epochs = VQVAEConfig().prior_epochs
 
     def default(name: str, info: DataInfo, x: torch.Tensor, **config) -> tuple[float, int, str]:
-        """A registered model at its defaults (`config` picks a variant): FLOP, epochs, data."""
-        entry = registry.get(name)
-        return step_flops(entry.build(config, info), x), entry.train.epochs, info.kind
+        """A registered model's first stage at its defaults (`config` picks a variant): FLOP, epochs, data."""
+        spec = registry.get(name)
+        model = spec.stages[0].build(dataclasses.replace(spec.default_config(info), **config))
+        return step_flops(model, x), spec.train.epochs, info.kind
 
     rows = {  # name: (FLOP per example, epochs, which data)
         "vae": default("vae", IMAGE, images),
@@ -55,7 +55,7 @@ def main() -> None:
         "vqvae prior (pixelcnn)": (step_flops(make_prior("pixelcnn", 128), codes), prior_epochs, "image"),
         "vqvae prior (gated)": (step_flops(make_prior("gated", 128), codes), prior_epochs, "image"),
         "pixelcnn": default("pixelcnn", BINARY, bits),
-        "pixelcnn (gated)": default("pixelcnn", BINARY, bits, prior="gated"),
+        "pixelcnn (gated)": default("pixelcnn", BINARY, bits, gated=True),
     }
     result = {"per_example_gflop": {k: round(v[0] / 1e9, 4) for k, v in rows.items()},
               "epochs": {k: v[1] for k, v in rows.items()}, "total_pflop": {}}

@@ -32,7 +32,7 @@ case "$part" in
     tar czf "$out/check.tgz" figures/bench figures/bf16
     ;;
   shapes|fashion-mnist)
-    lvm table --dataset "$part" --device cuda 2>&1 | tee "$out/table-$part.log"
+    lvm table --dataset "$part" --device cuda --overwrite 2>&1 | tee "$out/table-$part.log"
     tar czf "$out/table-$part.tgz" --exclude='*.pt' figures/table-"$part".json figures/*/"$part"*
     ;;
   *)

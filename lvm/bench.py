@@ -2,7 +2,7 @@
 the course's plain loop, measured in one process on the same data.
 
 Ours: the trainer's own step (`lvm.engine.train.make_step`): uint8 data held on the device and batched
-by index, bf16 autocast and channels-last on CUDA, optional torch.compile.
+by index, bf16 autocast and channels-last where the hardware pays for them, optional torch.compile.
 Plain reference: float32 data in a torch DataLoader (per-item indexing and collation), the same
 model and optimiser, no autocast, no compilation: the course's loop.
 """
@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lvm.engine import data as datasets
 from lvm import registry
-from lvm.engine.train import make_step, resolve_device
+from lvm.engine.train import TrainConfig, cpu_flags, fast_path, make_step, resolve_device
+
 
 
 def _peak_mb(device: torch.device) -> float:
@@ -67,31 +68,39 @@ def _time_interleaved(paths: dict, steps: int, warmup: int, device: torch.device
 
 
 def bench(model: str, device: str = "auto", batch_size: int | None = None, steps: int = 20,
-          warmup: int = 3, compile: bool = False, dataset: str | None = None, amp: str | None = None) -> dict:
-    entry = registry.get(model)
-    cfg = replace(entry.train, device=device, compile=compile, **({"batch_size": batch_size} if batch_size else {}),
-                  **({"amp": amp} if amp else {}))
-    cfg.validate()
+          warmup: int = 3, compile: bool = False, dataset: str | None = None, amp: str | None = None,
+          channels_last: str | None = None, vs: dict[str, dict[str, str]] | None = None) -> dict:
+    """Images per second of our step and of the course's plain loop, interleaved in one process;
+    `vs` adds paths of ours with other fast-path settings ({"name": {"channels_last": "off"}}),
+    interleaved with the rest, so that each setting is measured against the others on the same
+    machine at the same moment."""
+    spec = registry.get(model)
+    given = {"batch_size": batch_size, "amp": amp, "channels_last": channels_last}
+    cfg = replace(spec.train, device=device, compile=compile, **{k: v for k, v in given.items() if v})
+    configs = {"ours": cfg, **{name: replace(cfg, **change) for name, change in (vs or {}).items()}}
+    for c in configs.values():
+        c.validate()
     dev = resolve_device(cfg.device)
-    name = dataset or entry.default_dataset
+    name = dataset or spec.default_dataset
     info = datasets.load(name, train_limit=1, test_limit=1, download=False).info
     n = cfg.batch_size * (steps + warmup)
     x = random_batch(info, n)
-    result = {"model": model, "dataset_shape": list(info.shape), "batch_size": cfg.batch_size, "steps": steps,
-              "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
-              "threads": torch.get_num_threads(), "compile": compile, "amp": cfg.amp}
-
-    # ours: data on the device as uint8, batched by index, the trainer's step
-    torch.manual_seed(0)
-    net = entry.build({}, info).to(dev)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
-    step = make_step(net, opt, cfg, dev)
     on_device = x.to(dev)
     order = torch.randperm(n, device=dev)
 
+    def first_stage() -> torch.nn.Module:
+        """The network of the model's first stage, at its default config (what trains longest)."""
+        torch.manual_seed(0)
+        return spec.stages[0].build(spec.default_config(info)).to(dev)
+
+    def ours(c: TrainConfig):
+        """The trainer's own step: data on the device as uint8, batched by index."""
+        net = first_stage()
+        step = make_step(net, torch.optim.Adam(net.parameters(), lr=c.lr), c, dev)
+        return lambda i: step(on_device[order[i * c.batch_size:(i + 1) * c.batch_size]])
+
     # the plain reference: float32 DataLoader, no autocast, no compilation
-    torch.manual_seed(0)
-    ref_net = entry.build({}, info).to(dev)
+    ref_net = first_stage()
     ref_opt = torch.optim.Adam(ref_net.parameters(), lr=cfg.lr)
     loader = iter(DataLoader(TensorDataset(x.float()), batch_size=cfg.batch_size, shuffle=True, drop_last=True))
 
@@ -104,11 +113,22 @@ def bench(model: str, device: str = "auto", batch_size: int | None = None, steps
             torch.nn.utils.clip_grad_norm_(ref_net.parameters(), cfg.grad_clip)
         ref_opt.step()
 
-    spent, peak = _time_interleaved(
-        {"ours": lambda i: step(on_device[order[i * cfg.batch_size:(i + 1) * cfg.batch_size]]), "plain": plain},
-        steps, warmup, dev,
-    )
+    paths = {**{k: ours(c) for k, c in configs.items()}, "plain": plain}
+    spent, peak = _time_interleaved(paths, steps, warmup, dev)
     rate = {k: round(steps * cfg.batch_size / v, 1) for k, v in spent.items()}
-    return {**result, "images_per_s": rate["ours"], "peak_memory_mb": round(peak["ours"], 1),
-            "reference": {"images_per_s": rate["plain"], "peak_memory_mb": round(peak["plain"], 1)},
-            "speedup": round(rate["ours"] / rate["plain"], 3)}
+
+    def settings(c: TrainConfig) -> dict:
+        amp_on, layout = fast_path(c, dev)
+        return {"amp": c.amp, "bf16": amp_on, "channels_last_setting": c.channels_last, "channels_last": layout}
+
+    result = {"model": model, "dataset_shape": list(info.shape), "batch_size": cfg.batch_size, "steps": steps,
+              "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+              "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+              "threads": torch.get_num_threads(), "compile": compile, **settings(cfg),
+              "images_per_s": rate["ours"], "peak_memory_mb": round(peak["ours"], 1),
+              "reference": {"images_per_s": rate["plain"], "peak_memory_mb": round(peak["plain"], 1)},
+              "speedup": round(rate["ours"] / rate["plain"], 3)}
+    if vs:
+        result["vs"] = {k: {**settings(configs[k]), "images_per_s": rate[k], "speedup": round(rate[k] / rate["plain"], 3)}
+                        for k in vs}
+    return result

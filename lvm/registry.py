@@ -1,72 +1,58 @@
-"""One registry of models. Each model package registers an `Entry` when imported; the CLI,
-the experiment runner and checkpoint loading look models up here and nowhere else."""
+"""The models, one line each: name -> the module whose `MODEL` (an `lvm.engine.spec.ModelSpec`)
+says everything the engine needs, and a one-line summary. A module is imported only when its
+model is asked for, so `lvm --help` and `lvm list` answer without importing torch.
+
+A model outside this package registers itself with one line, `lvm.registry.register(name,
+"package.module", "summary")`, or, for the `lvm` command, with an entry point in its own
+pyproject.toml: `[project.entry-points."lvm.models"] NAME = "package.module"`.
+"""
 
 from __future__ import annotations
 
 import importlib
-import pkgutil
-from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from torch import nn
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from lvm.engine.errors import UserError
-from lvm.engine.train import TrainConfig
 
-# Every subpackage of `lvm` is a model package that registers itself on import; a new model
-# needs no line anywhere else. `lvm list` shows them in this order, then any others.
-ORDER = ("vae2d", "vae", "vlae", "vqvae", "pixelcnn")
+if TYPE_CHECKING:
+    from lvm.engine.spec import ModelSpec
 
-
-@dataclass(frozen=True)
-class Entry:
-    """How to train one model and what it reports.
-
-    run(data, cfg, out, resume=False, **options) -> dict with at least "test" (final test
-    metrics) and "config" (the model's hyperparameters); it trains with `lvm.engine.pipeline.fit`
-    and writes the model's figures into `out`.
-    build(model_config: dict, info: DataInfo, stage: str = "") -> nn.Module rebuilds the model of
-    a checkpoint (`stage` names which one, for models trained in stages).
-    """
-
-    name: str
-    summary: str
-    kinds: tuple[str, ...]  # data kinds it trains on: "points", "image", "binary"
-    default_dataset: str
-    train: TrainConfig  # the default budget: the course's hyperparameters
-    run: Callable[..., dict[str, Any]]
-    build: Callable[..., nn.Module]
-    terms: dict[str, str] = field(default_factory=dict)  # metric key -> the course's label
-    options: tuple[str, ...] = ()  # extra keyword options `run` accepts (e.g. "prior")
-    # Stages whose checkpoints (`STAGE_checkpoint.pt`) do not depend on `options`: a variant
-    # (e.g. prior="gated") may start from the default run's finished stage instead of training
-    # it again (`lvm table` copies it and resumes; a finished stage trains no further).
-    shared_stages: tuple[str, ...] = ()
+MODELS: dict[str, tuple[str, str]] = {
+    "vae2d": ("lvm.vae2d", "VAE on 2-D points, Gaussian decoder with learned variance (course Q1)"),
+    "vae": ("lvm.vae", "convolutional VAE, 16-d latent, N(0, I) prior (course Q2a)"),
+    "vlae": ("lvm.vlae", "convolutional VAE with a MADE autoregressive-flow prior (course Q2b)"),
+    "vqvae": ("lvm.vqvae", "VQ-VAE with a PixelCNN or Gated PixelCNN prior over its 8x8 codes (course Q3, Q4a)"),
+    "pixelcnn": ("lvm.pixelcnn", "PixelCNN or Gated PixelCNN on binarised images; also the VQ-VAE's prior"),
+}
 
 
-MODELS: dict[str, Entry] = {}
+def register(name: str, module: str, summary: str = "") -> None:
+    """Add a model: `module` must define `MODEL`, a ModelSpec named `name`."""
+    MODELS[name] = (module, summary)
 
 
-def register(entry: Entry) -> Entry:
-    MODELS[entry.name] = entry
-    return entry
+def _plugins() -> None:
+    for ep in entry_points(group="lvm.models"):
+        MODELS.setdefault(ep.name, (ep.value, ""))
 
 
-def _load_all() -> None:
-    import lvm
-
-    for module in pkgutil.iter_modules(lvm.__path__):
-        if module.ispkg:
-            importlib.import_module(f"lvm.{module.name}")
+def summary(name: str) -> str:
+    return MODELS[name][1]
 
 
 def names() -> list[str]:
-    _load_all()
-    return sorted(MODELS, key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    _plugins()
+    return list(MODELS)
 
 
-def get(name: str) -> Entry:
-    _load_all()
+def get(name: str) -> "ModelSpec":
+    if name not in MODELS:
+        _plugins()
     if name not in MODELS:
         raise UserError(f"unknown model '{name}'; choose one of: {', '.join(names())}")
-    return MODELS[name]
+    module = MODELS[name][0]
+    spec = importlib.import_module(module).MODEL
+    if spec.name != name:
+        raise UserError(f"{module}.MODEL is named '{spec.name}', registered as '{name}'")
+    return spec

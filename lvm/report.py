@@ -1,4 +1,5 @@
-"""`lvm report`: every run's metrics.json, side by side with the course's official numbers."""
+"""`lvm report`: every run's metrics.json, side by side with the course's official numbers. The
+labels and the official numbers come from each model's spec; nothing here names a model."""
 
 from __future__ import annotations
 
@@ -9,38 +10,24 @@ from lvm.engine.errors import UserError
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
-# The official solution's final test numbers (../shared/ANCHORS.md), keyed by (model, dataset).
-OFFICIAL: dict[tuple[str, str], dict[str, float]] = {
-    ("vae2d", "gaussians-a1"): {"neg_elbo": 4.4388, "recon_loss": 2.7630, "kl_loss": 1.6758},
-    ("vae2d", "gaussians-a2"): {"neg_elbo": 4.4488, "recon_loss": 2.8341, "kl_loss": 1.6147},
-    ("vae2d", "gaussians-b1"): {"neg_elbo": 4.4213, "recon_loss": 4.4094, "kl_loss": 0.0119},
-    ("vae2d", "gaussians-b2"): {"neg_elbo": 4.4196, "recon_loss": 4.4123, "kl_loss": 0.0073},
-    ("vae", "svhn"): {"neg_elbo": 104.04, "recon_loss": 79.38, "kl_loss": 24.66},
-    ("vae", "cifar10"): {"neg_elbo": 241.61, "recon_loss": 210.07, "kl_loss": 31.54},
-    ("vlae", "svhn"): {"neg_elbo": 102.57, "recon_loss": 80.25, "kl_loss": 22.31},
-    ("vlae", "cifar10"): {"neg_elbo": 238.92, "recon_loss": 210.33, "kl_loss": 28.59},
-    ("vqvae", "svhn"): {"loss": 0.0286, "prior_nll": 1.9440},
-    ("vqvae", "cifar10"): {"loss": 0.0474, "prior_nll": 2.7528},
-}
-
-# What each metric is called in the table, in the order shown.
-LABELS = {
-    "neg_elbo": "-ELBO", "recon_loss": "recon", "kl_loss": "KL",
-    "loss": "loss", "vq_loss": "VQ", "perplexity": "perplexity", "codes_used": "codes used",
-    "prior_nll": "prior NLL", "nll": "NLL/dim",
-}
-
 
 def collect(figures: Path) -> list[dict]:
-    """Every `figures/*/*/metrics.json`, each with the folder it came from."""
+    """Every `FIGURES/*/*/metrics.json`, each with the folder it came from."""
+    figures = Path(figures)
+    if not figures.is_dir():
+        raise UserError(f"no folder {figures}: give --figures the folder that holds MODEL/DATASET/metrics.json")
     runs = []
-    for path in sorted(Path(figures).glob("*/*/metrics.json")):
+    for path in sorted(figures.glob("*/*/metrics.json")):
         try:
             m = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+            if not isinstance(m, dict) or not {"model", "dataset", "test"} <= set(m) or not isinstance(m["test"], dict):
+                raise ValueError("not a metrics.json written by lvm run")
+        except (OSError, ValueError) as e:
             raise UserError(f"cannot read {path}: {e}") from None
         m["folder"] = str(path.parent)
         runs.append(m)
+    if not runs:
+        raise UserError(f"no runs in {figures}: expected {figures}/MODEL/DATASET/metrics.json")
     return runs
 
 
@@ -50,42 +37,59 @@ def _fmt(x: float) -> str:
     return f"{x:.4f}" if abs(x) < 10 else f"{x:.2f}"
 
 
-def _numbers(test: dict[str, float]) -> str:
-    return ", ".join(f"{LABELS.get(k, k)} {_fmt(v)}" for k, v in test.items() if isinstance(v, (int, float)))
+def _numbers(test: dict[str, float], labels: dict[str, str]) -> str:
+    return ", ".join(f"{labels.get(k, k.replace('_', ' '))} {_fmt(v)}" for k, v in test.items()
+                     if isinstance(v, (int, float)))
 
 
 def _precision(m: dict) -> str:
-    """", bf16" where the run trained under bf16 autocast (amp "on", or "auto" on a GPU)."""
+    """", bf16" where the run trained under bf16 autocast (recorded since the choice depends on the
+    hardware; older runs: amp "on", or "auto" on a GPU)."""
+    if "precision" in m:
+        return ", bf16" if m["precision"] == "bf16" else ""
     amp = m.get("config", {}).get("train", {}).get("amp")
-    return ", bf16" if amp == "on" or (amp == "auto" and m["device"].startswith("cuda")) else ""
+    return ", bf16" if amp == "on" or (amp == "auto" and str(m.get("device", "")).startswith("cuda")) else ""
+
+
+def _spec(model: str):
+    from lvm import registry
+
+    try:
+        return registry.get(model)
+    except UserError:  # a run of a model this checkout does not know: raw keys, no official numbers
+        return None
 
 
 def table(runs: list[dict]) -> str:
+    from lvm import registry
+
     head = ("| model | dataset | our final test numbers (nats) | official solution | ours - official "
             "| epochs | train size | device | seconds |\n|---|---|---|---|---|---|---|---|---|")
-    from lvm.registry import names
-
-    order = names()
+    order = registry.names()
     rows = []
     for m in sorted(runs, key=lambda m: (order.index(m["model"]) if m["model"] in order else len(order), m["folder"])):
-        test = m.get("test", {})
-        official = OFFICIAL.get((m["model"], m["dataset"]))
+        spec = _spec(m["model"])
+        labels = {t.name: t.label for t in spec.terms()} if spec else {}
+        test, folder = m["test"], Path(m["folder"]).name
+        official = spec.official.get(folder) if spec else None
         first = next(iter(official)) if official else None
-        delta = f"{test[first] - official[first]:+.4f} ({LABELS[first]})" if official and first in test else "n/a"
-        label = Path(m["folder"]).name
+        delta = f"{test[first] - official[first]:+.4f} ({labels.get(first, first)})" if official and first in test else "n/a"
         size = m.get("config", {}).get("train_size", "")
         rows.append(
-            f"| {m['model']} | [{label}]({m['folder']}/) | {_numbers(test)} | "
-            f"{_numbers(official) if official else 'n/a (not in the course)'} | {delta} | {m['epochs']} | "
-            f"{size} | {m['device']}{_precision(m)} | {m['seconds']:.0f} |"
+            f"| {m['model']} | [{folder}]({m['folder']}/) | {_numbers(test, labels)} | "
+            f"{_numbers(official, labels) if official else 'n/a (not in the course)'} | {delta} | {m.get('epochs', '')} | "
+            f"{size} | {m.get('device', '')}{_precision(m)} | {m.get('seconds', 0):.0f} |"
         )
     return "\n".join([head, *rows])
 
 
 def write_readme(readme: Path, tab: str) -> None:
-    text = readme.read_text()
+    try:
+        text = Path(readme).read_text()
+    except OSError as e:
+        raise UserError(f"cannot read {readme}: {e.strerror or e}") from None
     if START not in text or END not in text:
         raise UserError(f"{readme} has no results markers ({START} ... {END})")
     before, rest = text.split(START, 1)
     after = rest.split(END, 1)[1]
-    readme.write_text(f"{before}{START}\n{tab}\n{END}{after}")
+    Path(readme).write_text(f"{before}{START}\n{tab}\n{END}{after}")

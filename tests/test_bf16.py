@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvm.pixelcnn.model import make_prior
+from lvm.pixelcnn.model import PixelCNNConfig, build
 from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer
 from tests.test_vae import images, tiny
@@ -58,13 +58,13 @@ def _grid() -> torch.Tensor:
     return torch.randint(0, 2, (16, 1, 12, 12), dtype=torch.uint8)
 
 
-PRIOR = dict(embed_dim=4, channels=8, head_channels=8)
+PRIOR = dict(levels=2, embed_dim=4, channels=8, head_channels=8, layers=2)
 MODELS = {  # name: () -> (tiny model, a batch of its data)
     "vae": lambda: (tiny("vae"), images(16)),
     "vlae": lambda: (tiny("vlae"), images(16)),
     "vqvae": lambda: (VQVAE(VQVAEConfig(num_codes=16, code_dim=8, width=8)), images(16)),
-    "pixelcnn": lambda: (make_prior("pixelcnn", 2, n_blocks=2, **PRIOR), _grid()),
-    "gated": lambda: (make_prior("gated", 2, n_layers=2, **PRIOR), _grid()),
+    "pixelcnn": lambda: (build(PixelCNNConfig(**PRIOR)), _grid()),
+    "gated": lambda: (build(PixelCNNConfig(gated=True, **PRIOR)), _grid()),
 }
 
 

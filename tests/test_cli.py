@@ -26,6 +26,7 @@ def test_run_vae2d_writes_the_row(tmp_path):
                "--test-limit", "128", "--out", str(out), "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert r.stdout.startswith("Final -ELBO: ") and "Recon Loss: " in r.stdout and "KL Loss: " in r.stdout
+    assert r.stdout.splitlines()[-1].endswith(f"wrote {out}/")
     for name in ("metrics.json", "history.json", "checkpoint.pt", "train_plot.png", "data.png",
                  "samples_with_noise.png", "samples_without_noise.png"):
         assert (out / name).exists(), name
@@ -66,11 +67,15 @@ def test_missing_dataset_is_one_line_exit_2(tmp_path):
         (["run", "vae2d", "--lr", "0"], "must be positive"),
         (["run", "vae2d", "--train-limit", "0"], "must be at least 1"),
         (["run", "vae2d", "--device", "tpu"], "device"),
-        (["run", "vae2d", "--prior", "gated"], "takes no option --prior"),
         (["run", "vae2d", "--epochs", "many"], "not a valid integer"),
-        (["run", "vae2d", "--channels", "8"], "takes no option --channels"),
-        (["run", "vqvae", "--layers", "2"], "takes no option --layers"),
         (["run", "vae2d", "--amp", "fast"], "'fast' is not one of"),
+        (["run", "vae2d", "-o", "prior=gated"], "no field 'prior' in VAE2dConfig; fields: latent_dim, hidden, "),
+        (["run", "vqvae", "-o", "num_codes=many"], "-o num_codes=many: expected a whole number (num_codes is int)"),
+        (["run", "vqvae", "-o", "prior=transformers"], "expected one of pixelcnn, gated"),
+        (["run", "vqvae", "-o", "channels=1"], "field 'channels' is set from the dataset"),
+        (["run", "vqvae", "-o", "num_codes"], "-o takes FIELD=VALUE, got 'num_codes'"),
+        (["run", "vae", "-o", "enc_widths=8,16"], "expected 4 comma-separated values"),
+        (["run", "vae2d", "--seed", str(2**63)], "must be between 0 and 2**63 - 1"),
     ],
 )
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expect):
@@ -110,15 +115,39 @@ def test_data_show_real_mnist_layout(tmp_path):
     assert r.exit_code == 0 and "12 train, 5 test, one example: 1x32x32 uint8" in r.output
 
 
-def test_report_builds_table_and_rewrites_readme(tmp_path):
+def test_report_prints_the_table_and_writes_readme_only_when_told(tmp_path):
     invoke("run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "1", "--train-limit", "256",
            "--out", str(tmp_path / "figures" / "vae2d" / "gaussians-b1"))
     readme = tmp_path / "README.md"
-    readme.write_text("intro\n<!-- results:start -->\nold\n<!-- results:end -->\nouttro\n")
-    r = invoke("report", "--figures", str(tmp_path / "figures"), "--readme", str(readme))
+    original = "intro\n<!-- results:start -->\nold\n<!-- results:end -->\nouttro\n"
+    readme.write_text(original)
+    r = invoke("report", "--figures", str(tmp_path / "figures"))
+    assert r.exit_code == 0, r.output
+    assert "| vae2d |" in r.output and "4.4213" in r.output and readme.read_text() == original
+    r = invoke("report", "--figures", str(tmp_path / "figures"), "--write", str(readme))
     assert r.exit_code == 0, r.output
     text = readme.read_text()
     assert "old" not in text and "| vae2d |" in text and "4.4213" in text and text.endswith("outtro\n")
+
+
+def test_show_lists_every_config_field():
+    r = invoke("show", "vqvae")
+    assert r.exit_code == 0, r.output
+    for field in ("num_codes", "code_dim", "beta", "ema_decay", "restart_window", "prior", "prior_epochs"):
+        assert any(line.split()[:1] == [field] for line in r.output.splitlines()), field
+    assert "variants: gated (prior=gated)" in r.output and "(from the data)" in r.output
+
+
+def test_config_fields_reach_the_model(tmp_path):
+    r = invoke("run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "1", "--train-limit", "256",
+               "--out", str(tmp_path), "-o", "hidden=8,8", "-o", "latent_dim=3", "-o", "standardise=true")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["config"]["model"]["hidden"] == [8, 8] and m["config"]["model"]["latent_dim"] == 3
+    from lvm.engine.pipeline import load_model
+
+    model, _ = load_model(tmp_path / "checkpoint.pt")
+    assert model.encoder[0].out_features == 8 and model.cfg.latent_dim == 3 and model.scale.ne(1).all()
 
 
 def test_python_dash_m_entry_point():
@@ -127,13 +156,14 @@ def test_python_dash_m_entry_point():
 
 
 @pytest.mark.parametrize("name", registry.names())
-def test_every_model_builds_from_an_empty_config(name):
-    """What `lvm bench` builds: the default model of each entry, which must take a batch."""
-    entry = registry.get(name)
-    kind = entry.kinds[0]
+def test_every_model_builds_its_default_config(name):
+    """What `lvm bench` builds: the first stage of each model at its default config, which must
+    take a batch of its data."""
+    spec = registry.get(name)
+    kind = spec.kinds[0]
     info = DataInfo("any", kind, {"points": (2,), "image": (3, 32, 32), "binary": (1, 32, 32)}[kind])
     torch.manual_seed(0)
-    terms = entry.build({}, info).loss(random_batch(info, 2))
+    terms = spec.stages[0].build(spec.default_config(info)).loss(random_batch(info, 2))
     assert torch.isfinite(terms["loss"])
 
 

@@ -29,8 +29,8 @@ def _batch(info: DataInfo, n: int = 128) -> torch.Tensor:
 
 
 def _build(name: str, info: DataInfo):
-    entry = registry.get(name)
-    return entry, entry.build({}, info).cuda()  # the default model, as `lvm bench` builds it
+    spec = registry.get(name)
+    return spec, spec.stages[0].build(spec.default_config(info)).cuda()  # the default model, as `lvm bench` builds it
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -12,21 +12,15 @@ import torch
 from lvm.engine import data as datasets
 from lvm.engine import pipeline as experiment
 from lvm.blocks.masked import MaskedConv2d
-from lvm.pixelcnn.model import (
-    GatedPixelCNN,
-    GatedPixelCNNConfig,
-    PixelCNN,
-    PixelCNNConfig,
-    make_prior,
-)
+from lvm.pixelcnn.model import GatedPixelCNN, PixelCNN, PixelCNNConfig, build
+from lvm.vqvae.model import make_prior
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 TINY = dict(embed_dim=4, channels=8, head_channels=8)
 
 
 def tiny(kind: str, levels: int = 3, depth: int = 2, **kw):
-    key = "n_blocks" if kind == "pixelcnn" else "n_layers"
-    return make_prior(kind, levels, **{**TINY, key: depth, **kw})
+    return build(PixelCNNConfig(levels=levels, gated=kind == "gated", layers=depth, **{**TINY, **kw}))
 
 
 def input_grad(model, H: int, W: int, i: int, j: int, seed: int = 0) -> torch.Tensor:
@@ -156,14 +150,15 @@ def test_sample_shape_range_determinism_and_exact_windows(kind):
 
 
 def test_make_prior_and_course_defaults():
-    assert isinstance(make_prior("pixelcnn", 128), PixelCNN)
-    gated = make_prior("gated", 128, channels=16, n_layers=3)
+    plain = make_prior("pixelcnn", 128)
+    assert isinstance(plain, PixelCNN) and plain.cfg.shape == (8, 8) and len(plain.net) == 1 + 10 + 4
+    gated = make_prior("gated", 128, channels=16, layers=3)
     assert isinstance(gated, GatedPixelCNN) and gated.cfg.channels == 16 and gated.cfg.levels == 128
+    assert len(gated.layers) == 3 and len(make_prior("gated", 128).layers) == 15  # the course's 15
     with pytest.raises(ValueError):
-        make_prior("transformer", 128)
-    p, g = PixelCNNConfig(), GatedPixelCNNConfig()
-    assert (p.embed_dim, p.channels, p.n_blocks, p.first_kernel, p.head_channels) == (64, 128, 10, 7, 512)
-    assert (g.channels, g.n_layers) == (128, 15)
+        make_prior("nope", 128)
+    p = PixelCNNConfig()
+    assert (p.embed_dim, p.channels, p.depth, p.first_kernel, p.head_channels) == (64, 128, 10, 7, 512)
     x = torch.randint(0, 128, (2, 8, 8))
     assert PixelCNN(PixelCNNConfig(levels=128)).logits(x).shape == (2, 128, 8, 8)
 
@@ -205,14 +200,14 @@ def test_training_lowers_test_nll_on_real_data(kind):
 
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not on disk")
 def test_run_writes_samples_and_metrics(tmp_path):
-    options = {"prior": "gated", "channels": 8, "layers": 2, "embed_dim": 4, "head_channels": 8}
+    options = {"gated": True, "channels": 8, "layers": 2, "embed_dim": 4, "head_channels": 8}
     metrics = experiment.run("pixelcnn", "fashion-mnist-binary", out=tmp_path, epochs=1, train_limit=256,
-                             test_limit=128, download=False, options=options, batch_size=64)
+                             test_limit=128, download=False, overrides=options, batch_size=64)
     for name in ("samples.png", "train_plot.png", "metrics.json", "checkpoint.pt", "history.json"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["test"]["nll"] == metrics["test"]["nll"] and 0 < saved["test"]["nll"] < 0.8
-    assert saved["config"]["model"]["prior"] == "gated" and saved["config"]["model"]["channels"] == 8
+    assert saved["config"]["model"]["gated"] is True and saved["config"]["model"]["channels"] == 8
     assert saved["sample_seconds"] > 0
     # the checkpoint alone rebuilds the model, with the test NLL it was scored with
     model, _ = experiment.load_model(tmp_path / "checkpoint.pt")

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lvm.cli import cli
-from lvm.engine.train import load_checkpoint
+from lvm.engine.checkpoint import stage_state as load_checkpoint
 
 RUN = [sys.executable, "-m", "lvm", "run", "vae2d", "--dataset", "gaussians-a1", "--epochs", "6",
        "--train-limit", "3000", "--test-limit", "500", "--device", "cpu"]

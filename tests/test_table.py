@@ -15,22 +15,21 @@ from lvm.engine.train import Interrupted
 
 
 def rows(dataset):
-    return [(r.model, r.dataset, r.folder, r.options, r.shares, r.stages) for r in table.plan(dataset)]
+    return [(r.model, r.dataset, r.folder, r.changes, r.shares, r.stages) for r in table.plan(dataset)]
 
 
 def test_plan_for_each_dataset():
-    gated = {"prior": "gated"}
     images = [
         ("vae", "shapes", "shapes", {}, None, ()),
         ("vlae", "shapes", "shapes", {}, None, ()),
         ("vqvae", "shapes", "shapes", {}, None, ()),
-        ("vqvae", "shapes", "shapes-gated", gated, "shapes", ("vqvae",)),  # reuses the plain row's VQ-VAE
+        ("vqvae", "shapes", "shapes-gated", {"prior": "gated"}, "shapes", ("vqvae",)),  # reuses the plain row's VQ-VAE
     ]
     assert rows("shapes") == images
     fashion = [tuple(x.replace("shapes", "fashion-mnist") if isinstance(x, str) else x for x in r) for r in images]
     assert rows("fashion-mnist") == fashion + [
         ("pixelcnn", "fashion-mnist-binary", "fashion-mnist-binary", {}, None, ()),
-        ("pixelcnn", "fashion-mnist-binary", "fashion-mnist-binary-gated", gated, None, ()),  # nothing to share
+        ("pixelcnn", "fashion-mnist-binary", "fashion-mnist-binary-gated", {"gated": True}, None, ()),  # nothing to share
     ]
     assert rows("gaussians-a1") == [("vae2d", "gaussians-a1", "gaussians-a1", {}, None, ())]
 
@@ -41,20 +40,6 @@ def test_plan_refuses_a_dataset_no_model_trains_on(monkeypatch):
     monkeypatch.setitem(data.DATASETS, "audio", data.Source("sound", "waveform", lambda root, dl: None, True))
     with pytest.raises(UserError, match="no model trains on 'audio'"):
         table.plan("audio")
-
-
-def test_take_stages_copies_shared_checkpoints_and_drops_stale_ones(tmp_path):
-    plain, gated = tmp_path / "plain", tmp_path / "gated"
-    plain.mkdir()
-    (plain / "vqvae_checkpoint.pt").write_bytes(b"vq")
-    (plain / "prior_checkpoint.pt").write_bytes(b"plain prior")
-    gated.mkdir()
-    (gated / "prior_checkpoint.pt").write_bytes(b"old gated prior")
-    table._take_stages(gated, plain, ("vqvae",), resume=True)  # resuming keeps the row's own prior
-    assert (gated / "prior_checkpoint.pt").read_bytes() == b"old gated prior"
-    table._take_stages(gated, plain, ("vqvae",), resume=False)  # a fresh row: only the shared stage
-    assert sorted(p.name for p in gated.iterdir()) == ["vqvae_checkpoint.pt"]
-    assert (gated / "vqvae_checkpoint.pt").read_bytes() == b"vq"
 
 
 def test_tiny_table_on_shapes_trains_every_row_and_reuses_the_vqvae(tmp_path, monkeypatch):
@@ -72,7 +57,7 @@ def test_tiny_table_on_shapes_trains_every_row_and_reuses_the_vqvae(tmp_path, mo
 
     monkeypatch.setattr(lvm.engine.train, "make_step", counting)
     figures = tmp_path / "figures"
-    r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--epochs", "1", "--prior-epochs", "1",
+    r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--epochs", "1", "-o", "prior_epochs=1",
                                  "--train-limit", "64", "--test-limit", "32", "--device", "cpu",
                                  "--figures", str(figures)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -86,16 +71,15 @@ def test_tiny_table_on_shapes_trains_every_row_and_reuses_the_vqvae(tmp_path, mo
         assert (figures / folder / "metrics.json").exists(), folder
     # one VQ-VAE step (64 images, batch 128, 1 epoch) for the two vqvae rows: the gated row trained none
     assert steps["VQVAE"] == 1 and steps["PixelCNN"] == 1 and steps["GatedPixelCNN"] == 1
-    plain = torch.load(figures / "vqvae/shapes/checkpoint.pt", weights_only=False)["model"]
-    gated = torch.load(figures / "vqvae/shapes-gated/checkpoint.pt", weights_only=False)["model"]
-    vq = [k for k in plain if k.startswith("vqvae.")]
-    assert vq and all(torch.equal(plain[k], gated[k]) for k in vq)
-    priors = ({k: v for k, v in sd.items() if k.startswith("prior.")} for sd in (plain, gated))
-    assert dict.keys(next(priors)) != dict.keys(next(priors))  # a PixelCNN and a Gated PixelCNN
+    plain = torch.load(figures / "vqvae/shapes/checkpoint.pt", weights_only=False)["stages"]
+    gated = torch.load(figures / "vqvae/shapes-gated/checkpoint.pt", weights_only=False)["stages"]
+    vq = plain["vqvae"]["model"]
+    assert vq and all(torch.equal(vq[k], gated["vqvae"]["model"][k]) for k in vq)
+    assert plain["prior"]["model"].keys() != gated["prior"]["model"].keys()  # a PixelCNN and a Gated PixelCNN
     prior_history = json.loads((figures / "vqvae/shapes-gated/prior_history.json").read_text())
     assert len(prior_history["test"]["loss"]) == 2  # from scratch: the initial test loss and one epoch
     gated_metrics = json.loads((figures / "vqvae/shapes-gated/metrics.json").read_text())
-    assert gated_metrics["config"]["prior"] == "gated" and gated_metrics["config"]["prior_epochs"] == 1
+    assert gated_metrics["config"]["model"]["prior"] == "gated" and gated_metrics["stage_epochs"]["prior"] == 1
 
     summary = json.loads((figures / "table-shapes.json").read_text())
     assert [row["out"] for row in summary["rows"]] == [str(figures / f) for f in folders]
@@ -121,12 +105,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expect)
 
 
 def test_ctrl_c_tells_how_to_resume(tmp_path, monkeypatch):
-    from lvm.engine import pipeline as experiment
+    from lvm.engine import pipeline
 
     def interrupted(model, *args, **kwargs):
         raise Interrupted(f"interrupted at epoch 1, step 3; saved {kwargs['out']}/checkpoint.pt")
 
-    monkeypatch.setattr(experiment, "run", interrupted)
+    monkeypatch.setattr(pipeline, "run", interrupted)
     r = CliRunner().invoke(cli, ["table", "--dataset", "gaussians-a1", "--figures", str(tmp_path)])
     assert r.exit_code == 130
     assert "interrupted at epoch 1" in r.output

@@ -2,6 +2,7 @@
 
 import os
 import signal
+from dataclasses import replace
 
 import pytest
 import torch
@@ -9,7 +10,9 @@ from torch import nn
 
 from lvm.engine.errors import UserError
 from lvm.engine.pipeline import load_model
-from lvm.engine.train import Diverged, Interrupted, TrainConfig, evaluate, fit, load_checkpoint
+from lvm.engine.checkpoint import load as load_checkpoint
+from lvm.engine.checkpoint import stage_state
+from lvm.engine.train import Diverged, Interrupted, TrainConfig, evaluate, fit
 from lvm.vae2d.model import VAE2d, VAE2dConfig
 
 
@@ -84,7 +87,7 @@ def test_interrupt_then_resume_equals_uninterrupted(tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=32, lr=1e-2, device="cpu", lr_schedule="cosine", log_every=3)
     with pytest.raises(Interrupted, match="epoch 2, step 5"):
         fit(model, data, data[:50], cfg, checkpoint=tmp_path / "cut.pt", meta={"m": 1})
-    state = load_checkpoint(tmp_path / "cut.pt")
+    state = stage_state(tmp_path / "cut.pt")
     assert (state["epoch"], state["step"]) == (1, 5)
 
     resumed, h_resumed = _vae_run(tmp_path, epochs=3, resume=True, name="cut.pt")
@@ -97,9 +100,19 @@ def test_resume_refuses_another_models_checkpoint(tmp_path):
     _vae_run(tmp_path, epochs=1)
     model = VAE2d(VAE2dConfig(hidden=(16,)))
     data = regression_data(64)[:, :2].contiguous()
-    with pytest.raises(UserError, match="another model"):
-        fit(model, data, data, TrainConfig(epochs=2, device="cpu"), checkpoint=tmp_path / "ck.pt",
-            resume=True, meta={"m": 2})
+    cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2, device="cpu", lr_schedule="cosine")
+    with pytest.raises(UserError, match="it was trained with m=1, this run asks for 2"):
+        fit(model, data, data, cfg, checkpoint=tmp_path / "ck.pt", resume=True, meta={"m": 2})
+    with pytest.raises(UserError, match="it was trained with --lr 0.01, this run asks for 0.001"):
+        fit(model, data, data, replace(cfg, lr=1e-3), checkpoint=tmp_path / "ck.pt", resume=True, meta={"m": 1})
+
+
+def test_resume_extends_a_run_with_more_epochs_and_refuses_fewer(tmp_path):
+    _, first = _vae_run(tmp_path, epochs=2)
+    _, longer = _vae_run(tmp_path, epochs=3, resume=True)
+    assert len(longer.test["loss"]) == 4 and longer.test["loss"][:3] == first.test["loss"]
+    with pytest.raises(UserError, match="it has trained 3 epochs already, more than --epochs 2"):
+        _vae_run(tmp_path, epochs=2, resume=True)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
@@ -108,9 +121,40 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = TrainConfig(epochs=5, batch_size=32, device="cpu", log_every=1)
     with pytest.raises(Diverged, match="epoch 3 step 2"):
         fit(model, data, data, cfg, checkpoint=tmp_path / "ck.pt")
-    state = load_checkpoint(tmp_path / "ck.pt")
+    state = stage_state(tmp_path / "ck.pt")
     assert state["epoch"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_a_nan_test_loss_stops_before_the_checkpoint_is_overwritten(tmp_path):
+    data = regression_data(64)
+    model = Regression()
+    original = model.loss
+    epochs_done = {"n": 0}
+
+    def loss(x):  # finite training losses throughout; the test loss of epoch 2 is NaN
+        terms = original(x)
+        if not model.training and epochs_done["n"] == 2:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    model.loss = loss
+    cfg = TrainConfig(epochs=4, batch_size=64, device="cpu")
+    saved = []
+
+    class Recorder:  # a checkpoint slot that counts the epochs it was given
+        where = "memory"
+
+        def load(self):
+            return None
+
+        def save(self, state):
+            saved.append(state["epoch"])
+            epochs_done["n"] = state["epoch"]
+
+    with pytest.raises(Diverged, match=r"on the test set after epoch 3; stopped, the last good checkpoint is kept"):
+        fit(model, data, data, cfg, checkpoint=Recorder())
+    assert saved == [1, 2]  # epoch 3's NaN test row was never saved
 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
@@ -126,7 +170,7 @@ def test_checkpoint_round_trips_through_load_model(tmp_path):
     experiment.run("vae2d", "gaussians-b1", out=tmp_path, epochs=1, train_limit=256, test_limit=64, device="cpu")
     model, meta = load_model(tmp_path / "checkpoint.pt")
     assert meta["model"] == "vae2d" and meta["data"]["name"] == "gaussians-b1"
-    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    state = stage_state(tmp_path / "checkpoint.pt")
     for k, v in model.state_dict().items():
         assert torch.equal(v, state["model"][k])
 

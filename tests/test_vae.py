@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from lvm import registry
-from lvm.engine.data import DataInfo, load
+from lvm.engine import config as configs
+from lvm.engine.data import load
 from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, standard_normal_log_prob
 from lvm.blocks.made import MADE
 from lvm.engine.train import TrainConfig, fit
@@ -121,8 +122,8 @@ def test_checkpoint_round_trips(model):
     buffer = io.BytesIO()
     torch.save(m.state_dict(), buffer)
     config = json.loads(json.dumps(asdict(m.cfg)))  # as a checkpoint's meta stores it
-    info = DataInfo("shapes", "image", (3, 32, 32))
-    rebuilt = registry.get(model).build(config, info)
+    spec = registry.get(model)
+    rebuilt = spec.stages[0].build(configs.from_dict(spec.config, config))
     assert type(rebuilt) is type(m) and rebuilt.cfg == m.cfg
     buffer.seek(0)
     rebuilt.load_state_dict(torch.load(buffer, weights_only=True))

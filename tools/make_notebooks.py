@@ -472,13 +472,13 @@ notebook 5 for the masks and the blind spot). Loss: cross-entropy in nats per co
 guess costs $\\log K$.
 """),
         code("""
-from lvm.pixelcnn import make_prior
+from lvm.vqvae import make_prior
 import math
 
 print(f"uniform guess: {math.log(cfg.num_codes):.4f} nats per code")
 priors = {
-    "pixelcnn": make_prior("pixelcnn", levels=cfg.num_codes, embed_dim=32, channels=48, n_blocks=3, head_channels=96),
-    "gated": make_prior("gated", levels=cfg.num_codes, embed_dim=32, channels=48, n_layers=4, head_channels=96),
+    "pixelcnn": make_prior("pixelcnn", levels=cfg.num_codes, embed_dim=32, channels=48, layers=3, head_channels=96),
+    "gated": make_prior("gated", levels=cfg.num_codes, embed_dim=32, channels=48, layers=4, head_channels=96),
 }
 for kind, prior in priors.items():
     print(kind, "parameters:", n_params(prior))
@@ -488,14 +488,14 @@ for kind, prior in priors.items():
     h = fit(prior, train_codes, test_codes, TrainConfig(epochs=2, batch_size=64, lr=2e-3, device="cpu"))
     print(f"{kind}: prior test NLL {h.test['loss'][0]:.4f} -> {h.test['loss'][-1]:.4f} nats per code")
     prior.eval()
-    codes = prior.sample(50, (8, 8))                            # (50, 8, 8) code indices
+    codes = prior.sample(50)                                    # (50, 8, 8) code indices
     show(plotting.save_image_grid(datasets.from_unit(model.decode_indices(codes)), out / f"{kind}_samples.png",
                                   f"VQ-VAE + {kind} prior: 50 samples"))
 """, ignore=True),
         md("""
 The samples decode code grids the prior invented: whole objects on a plain background where the
 prior has learned how codes follow each other, a patchwork where it has not (two epochs on 2,000
-images is very little). The course's runs: `lvm run vqvae --dataset shapes` (`--prior gated` for Q4a).
+images is very little). The course's runs: `lvm run vqvae --dataset shapes` (`-o prior=gated` for Q4a).
 """),
     ]
 
@@ -537,7 +537,7 @@ at the centre of a 9x9 grid depend on (`X`; `o` is the centre; `.` = no dependen
 stack misses the upper right; the gated one sees every earlier position and nothing after.
 """),
         code("""
-from lvm.pixelcnn import make_prior
+from lvm.pixelcnn import PixelCNNConfig, build
 
 def receptive_field(model, size=9):
     e = torch.randn(1, model.embed.embedding_dim, size, size, requires_grad=True)
@@ -548,8 +548,9 @@ def receptive_field(model, size=9):
                      for i in range(size))
 
 torch.manual_seed(0)
-plain = make_prior("pixelcnn", levels=2, embed_dim=4, channels=8, n_blocks=3, first_kernel=3, head_channels=8)
-gated = make_prior("gated", levels=2, embed_dim=4, channels=8, n_layers=4, first_kernel=3, head_channels=8)
+tiny = dict(levels=2, embed_dim=4, channels=8, layers=3, first_kernel=3, head_channels=8)
+plain = build(PixelCNNConfig(**tiny))
+gated = build(PixelCNNConfig(**{**tiny, "layers": 4}, gated=True))
 print("PixelCNN (a 3x3 type-A layer, then 3 blocks of 3x3 type-B):")
 print(receptive_field(plain))
 print("\\nGated PixelCNN (4 layers of 3x3):")
@@ -574,7 +575,7 @@ else:  # the shapes' grey level, thresholded: needs no files
 print(name, "train", tuple(train.shape), train.dtype, "values", train.unique().tolist())
 """, ignore=True),
         code("""
-model = make_prior("gated", levels=2, embed_dim=8, channels=16, n_layers=4, head_channels=32)
+model = build(PixelCNNConfig(levels=2, gated=True, embed_dim=8, channels=16, layers=4, head_channels=32))
 print("parameters:", n_params(model))
 """),
         code("""
@@ -596,7 +597,7 @@ show(plotting.save_image_grid(samples[:, None].float(), out / "samples.png", "25
         md("""
 After two short epochs of a small model the samples are white patches on a black background: the
 data's local texture, not yet its garments. A PixelCNN over 1,024 pixels needs far more training;
-`lvm run pixelcnn --prior gated` trains the course's 15 layers of 128 channels.
+`lvm run pixelcnn -o gated=true` trains the course's 15 layers of 128 channels.
 """),
     ]
 

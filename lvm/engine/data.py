@@ -62,6 +62,18 @@ def from_unit(x: torch.Tensor) -> torch.Tensor:
     return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
+def picture(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """Images to draw, as (N, C, H, W) floats in [0, 1]: data as stored (uint8 0..255, or 0/1
+    for binary images) or a model's output (floats in [-1, 1], or 0/1 tokens (N, H, W))."""
+    x = x.detach().cpu()
+    if kind == "binary":
+        x = x.float()
+        return x[:, None] if x.dim() == 3 else x
+    if x.dtype == torch.uint8:
+        return x.float() / 255.0
+    return from_unit(x.float())
+
+
 # ----------------------------------------------------------------------------- the course's Q1
 
 

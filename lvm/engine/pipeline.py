@@ -1,9 +1,18 @@
-"""What `lvm run` does for every model: load data, train with the one trainer, let the model
-write its figures, and record `metrics.json`. Also: rebuilding a trained model from its
-checkpoint in one call (`load_model`)."""
+"""What `lvm run` does for every model, read from the model's spec (`lvm.engine.spec`): load the
+data, build the config, train each stage with the one trainer, let the model draw its figures,
+and write `metrics.json` beside the run's one checkpoint. Also: rebuilding a trained model from
+its checkpoint in one call (`load_model`), and `lvm sample` / `lvm reconstruct` on it.
+
+A run folder belongs to one run. Running again into a folder that holds a run is refused unless
+`--resume` (continue it) or `--overwrite` (start it again) says which; two processes never write
+into one folder at once (a lock file names the holder).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
+import inspect
 import json
 import os
 import platform
@@ -11,25 +20,31 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import asdict, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from lvm.engine import data as datasets
 from lvm import registry
-from lvm.engine.data import DataInfo
+from lvm.engine import config as configs
+from lvm.engine import data as datasets
+from lvm.engine.checkpoint import RunFile, load
+from lvm.engine.data import Data, DataInfo, picture
 from lvm.engine.errors import UserError
 from lvm.engine.plotting import plot_training, save_image_grid, save_reconstructions, save_scatter
-from lvm.engine.train import History, TrainConfig, init_distributed, load_checkpoint, resolve_device, world
-from lvm.engine.train import fit as train_fit
+from lvm.engine.spec import ModelSpec
+from lvm.engine.train import (History, TrainConfig, check_resumable, cpu_flags, fast_path, fit, init_distributed,
+                              resolve_device, world)
+
+RUNS = Path("runs")  # where `lvm run` writes when no --out is given (git-ignored)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Atomic JSON write (temporary file + rename)."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Atomic JSON write (a temporary file of this process, then a rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)
 
@@ -38,36 +53,6 @@ def describe_device(device: torch.device, threads: int | None = None) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({platform.machine()}, {threads or torch.get_num_threads()} threads)"
-
-
-def fit(
-    model: nn.Module,
-    name: str,
-    model_config: dict[str, Any],
-    train: torch.Tensor,
-    test: torch.Tensor,
-    info: DataInfo,
-    cfg: TrainConfig,
-    out: Path,
-    *,
-    resume: bool = False,
-    stage: str = "",
-    labels: dict[str, str] | None = None,
-    title: str | None = None,
-) -> History:
-    """Train with the shared trainer and write `[stage_]checkpoint.pt`, `[stage_]history.json`
-    and `[stage_]train_plot.png` (titled `title`, else "NAME (STAGE) on DATASET") into `out`."""
-    prefix = f"{stage}_" if stage else ""
-    meta = {"model": name, "config": model_config, "data": asdict(info), "stage": stage}
-    history = train_fit(
-        model, train, test, cfg,
-        checkpoint=out / f"{prefix}checkpoint.pt", resume=resume, meta=meta, desc=stage or name,
-    )
-    write_json(out / f"{prefix}history.json", asdict(history))
-    plot_training(history.train, history.test, out / f"{prefix}train_plot.png",
-                  title=title or f"{name}{f' ({stage})' if stage and stage != name else ''} on {info.name}",
-                  labels=labels)
-    return history
 
 
 def code_version() -> str | None:
@@ -84,17 +69,163 @@ def code_version() -> str | None:
     commit = git("rev-parse", "--short=12", "HEAD")
     if not commit:
         return None
-    return commit + ("-dirty" if git("status", "--porcelain", "--", ".") else "")
+    return commit + ("-dirty" if git("status", "--porcelain", "--", "..") else "")
 
 
-def _check_writable(out: Path) -> None:
+# ----------------------------------------------------------------------------- configs
+
+
+def make_config(spec: ModelSpec, info: DataInfo, overrides: dict[str, Any] | None = None) -> Any:
+    """The model's config: its defaults, the fields the data decides, then `overrides`."""
+    fixed = sorted(set(overrides or {}) & set(spec.from_data))
+    if fixed:
+        raise UserError(f"field '{fixed[0]}' of {spec.name} is set from the dataset and cannot be changed")
+    try:
+        return dataclasses.replace(spec.default_config(info), **(overrides or {}))
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{spec.name}: {e}") from None
+
+
+def variant_of(spec: ModelSpec, config: Any) -> str | None:
+    """The name of the spec's variant this config is (its changes applied and no other change but
+    a stage's epochs: a budget, not another model), if any."""
+    default = configs.to_dict(spec.config())
+    budget = set(spec.from_data) | {s.epochs for s in spec.stages}
+    changed = {k: v for k, v in configs.to_dict(config).items() if v != default[k] and k not in budget}
+    for name, change in spec.variants.items():
+        if changed == configs.json_ready(change):
+            return name
+    return None
+
+
+def stage_meta(spec: ModelSpec, config: Any, data: Data, index: int) -> dict[str, Any]:
+    """What stage `index` is trained from: the model, the data (which examples), and every config
+    field it depends on: all but those only later stages read, and but its own epochs (a run may
+    be extended)."""
+    stage = spec.stages[index]
+    later = {f for s in spec.stages[index + 1:] for f in s.fields}
+    values = configs.to_dict(config)
+    return {"model": spec.name, "stage": stage.name, "data": configs.json_ready(asdict(data.info)),
+            "train_size": len(data.train), "test_size": len(data.test),
+            "config": {k: v for k, v in values.items() if k not in later and k != stage.epochs}}
+
+
+def stage_train_config(stage, config: Any, cfg: TrainConfig) -> TrainConfig:
+    return replace(cfg, epochs=getattr(config, stage.epochs)) if stage.epochs else cfg
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@dataclass
+class Trained:
+    """A model's trained stages, their histories, and the model a user samples from."""
+
+    model: nn.Module
+    stages: list[nn.Module]
+    histories: dict[str, History]
+
+
+def fit_stages(spec: ModelSpec, config: Any, data: Data, cfg: TrainConfig, *, file: RunFile | None = None,
+               resume: bool = False) -> Trained:
+    """Train every stage of `spec` in order, each on what the ones before it produced. With a
+    checkpoint `file`, each stage keeps its state there; with `resume`, a stage continues from
+    it (a finished one trains no further), and a stage after one that trained in this run starts
+    again from scratch (its inputs changed)."""
+    models: list[nn.Module] = []
+    histories: dict[str, History] = {}
+    upstream_trained = False
+    for i, stage in enumerate(spec.stages):
+        stage_data = stage.inputs(models, data) if stage.inputs else data
+        model = stage.build(config)
+        if stage.setup is not None:
+            stage.setup(model, stage_data)
+        scfg = stage_train_config(stage, config, cfg)
+        slot = file.slot(stage.name) if file is not None else None
+        if slot is not None and upstream_trained:
+            slot.clear()
+        before = slot.load() if slot is not None and resume else None
+        desc = spec.name if len(spec.stages) == 1 else f"{spec.name} {stage.name}"
+        histories[stage.name] = fit(model, stage_data.train, stage_data.test, scfg, checkpoint=slot, resume=resume,
+                                    meta=stage_meta(spec, config, data, i), desc=desc)
+        upstream_trained |= before is None or (before["epoch"], before["step"]) != (scfg.epochs, 0)
+        model.eval()
+        models.append(model)
+    model = spec.assemble(config, models) if spec.assemble else models[-1]
+    return Trained(model.eval(), models, histories)
+
+
+def final_numbers(spec: ModelSpec, trained: Trained, data: Data) -> dict[str, float]:
+    """The last test value of every term, under its metric name, then the spec's summaries."""
+    test = {}
+    for stage in spec.stages:
+        for term in stage.terms:
+            test[term.name] = trained.histories[stage.name].test[term.key][-1]
+    if spec.summarise is not None:
+        test.update(spec.summarise(trained.model, data))
+    return test
+
+
+def final_line(spec: ModelSpec, test: dict[str, float]) -> str:
+    """The course's way of printing final test numbers: `Final -ELBO: 4.4321, Recon Loss: ...`."""
+    shown = [(t.course, test[t.name]) for t in spec.terms() if t.course and t.name in test]
+    return "Final " + ", ".join(f"{label}: {value:.4f}" for label, value in shown)
+
+
+# ----------------------------------------------------------------------------- run folders
+
+
+def _run_state(out: Path) -> str | None:
+    """What `out` holds: "a finished run", "an unfinished run" or None."""
+    if (out / "metrics.json").exists():
+        return "a finished run"
+    if (out / "checkpoint.pt").exists():
+        return "an unfinished run"
+    return None
+
+
+def _check_folder(out: Path, resume: bool, overwrite: bool) -> None:
+    """A run goes into a folder that holds none, or continues (resume) or replaces (overwrite) the
+    one it holds: never over a run by accident."""
+    held = _run_state(out)
+    if resume and not (out / "checkpoint.pt").exists():
+        raise UserError(f"no checkpoint in {out} to resume; run without --resume to start there")
+    if held and not (resume or overwrite):
+        raise UserError(f"{out} holds {held} already; --resume continues it, --overwrite starts it again, "
+                        "or choose another --out")
+
+
+@contextmanager
+def _claim(out: Path) -> Iterator[None]:
+    """Create `out` if needed and hold its lock for the whole run. A second writer is refused in
+    one line naming the holder. A folder this run created is removed again if the run fails
+    before it wrote anything into it."""
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".lvm-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        lock = open(out / ".lock", "a+")
     except OSError as e:
         raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise UserError(f"{out} is in use by another lvm run ({holder}); wait for it, or choose another --out") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(f"pid {os.getpid()} on {platform.node()}")
+    lock.flush()
+    try:
+        yield
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {".lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    finally:
+        lock.close()
+        (out / ".lock").unlink(missing_ok=True)
 
 
 def run(
@@ -106,122 +237,186 @@ def run(
     train_limit: int | None = None,
     test_limit: int | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     download: bool = True,
-    options: dict[str, Any] | None = None,
-    **overrides: Any,
+    overrides: dict[str, Any] | None = None,
+    reuse: str | Path | None = None,
+    **train_overrides: Any,
 ) -> dict[str, Any]:
-    """Train `model` on `dataset` with its default budget changed by `overrides` (TrainConfig
-    fields), write its figures and `metrics.json` to `out`, and return the metrics."""
-    entry = registry.get(model)
-    dataset = dataset or entry.default_dataset
+    """Train `model` on `dataset` with its default budget changed by `train_overrides`
+    (TrainConfig fields) and its config by `overrides`, write its figures, checkpoint and
+    `metrics.json` to `out` (default runs/MODEL/DATASET), and return the metrics.
+
+    `reuse`: another run's checkpoint whose finished stages this run may take as they are where
+    they were trained from the same settings (`lvm table`'s variants share the VQ-VAE)."""
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite starts it again: give one of them")
+    spec = registry.get(model)
+    dataset = dataset or spec.default_dataset
     src = datasets.source(dataset)
-    if src.kind not in entry.kinds:
-        fits = [n for n, s in datasets.DATASETS.items() if s.kind in entry.kinds]
+    if src.kind not in spec.kinds:
+        fits = [n for n, s in datasets.DATASETS.items() if s.kind in spec.kinds]
         raise UserError(f"model '{model}' does not train on '{dataset}'; choose one of: {', '.join(fits)}")
-    options = {k: v for k, v in (options or {}).items() if v is not None}
-    unknown = sorted(set(options) - set(entry.options))
-    if unknown:
-        raise UserError(f"model '{model}' takes no option {', '.join('--' + u.replace('_', '-') for u in unknown)}")
-    cfg = replace(entry.train, **{k: v for k, v in overrides.items() if v is not None})
+    cfg = replace(spec.train, **{k: v for k, v in train_overrides.items() if v is not None})
     cfg.validate()
     init_distributed(cfg.device)  # a no-op unless started by torchrun
     device = resolve_device(cfg.device)
     data = datasets.load(dataset, data_dir, train_limit, test_limit, download=download)
-    out = Path(out) if out else Path("figures") / model / dataset
-    _check_writable(out)  # only now, after every input was checked: bad input writes nothing
+    config = make_config(spec, data.info, overrides)
+    variant = variant_of(spec, config)
+    out = Path(out) if out else RUNS / model / (dataset + (f"-{variant}" if variant else ""))
+    checkpoint = out / "checkpoint.pt"
     rank, size = world()
+    meta = {"model": spec.name, "variant": variant, "config": configs.to_dict(config),
+            "data": configs.json_ready(asdict(data.info))}
 
-    start, code = time.perf_counter(), code_version()
-    torch.manual_seed(cfg.seed)  # the model's initial weights come from --seed too
-    if rank == 0:
-        result = entry.run(data, cfg, out, resume=resume, **options)
-    else:  # under torchrun the other processes train alongside; process 0 alone writes to `out`
+    def train_into(folder: Path) -> tuple[Trained, float, str | None]:
+        start, code = time.perf_counter(), code_version()
+        file = RunFile.read(checkpoint) if resume else RunFile(folder / "checkpoint.pt", meta)
+        file.path, file.meta = folder / "checkpoint.pt", meta
+        if reuse is not None and not resume:
+            _take_finished_stages(spec, config, data, cfg, file, Path(reuse))
+        torch.manual_seed(cfg.seed)  # the model's initial weights come from --seed too
+        trained = fit_stages(spec, config, data, cfg, file=file, resume=resume or reuse is not None)
+        return trained, time.perf_counter() - start, code
+
+    if rank != 0:  # under torchrun the other processes train alongside; process 0 alone writes
+        _check_folder(out, resume, overwrite)
         scratch = Path(tempfile.mkdtemp(prefix=f"lvm-rank{rank}-"))
         try:
-            result = entry.run(data, cfg, scratch, resume=resume, **options)
+            train_into(scratch)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    seconds = time.perf_counter() - start
-    metrics = {
-        "model": model,
-        "dataset": dataset,
-        "config": {
-            "model": result.pop("config"),
-            "train": asdict(cfg),
-            "train_limit": train_limit,
-            "test_limit": test_limit,
-            "train_size": len(data.train),
-            "test_size": len(data.test),
-            **{k: v for k, v in options.items()},
-        },
-        "device": describe_device(device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
-        "torch": torch.__version__,
-        "code": code,
-        "epochs": cfg.epochs,
-        "seconds": round(seconds, 1),
-        "resumed": resume,
-        **result,
-    }
-    if rank == 0:
+        return {}
+
+    with _claim(out):  # checked while holding the folder: another run may have just finished there
+        _check_folder(out, resume, overwrite)
+        if overwrite:
+            for name in ("metrics.json", "checkpoint.pt"):
+                (out / name).unlink(missing_ok=True)
+        trained, seconds, code = train_into(out)
+        title = f"{model}{f' ({variant})' if variant else ''} on {dataset}"
+        for stage in spec.stages:
+            prefix = f"{stage.name}_" if len(spec.stages) > 1 else ""
+            history = trained.histories[stage.name]
+            write_json(out / f"{prefix}history.json", asdict(history))
+            plot_training(history.train, history.test, out / f"{prefix}train_plot.png",
+                          title=title + (f": {stage.name}" if prefix else ""),
+                          labels={t.key: f"{t.label} ({t.unit})" for t in stage.terms}, note=stage.note)
+        torch.manual_seed(cfg.seed)
+        extra = spec.figures(trained.model, data, out, title) if spec.figures else {}
+        metrics = {
+            "model": model,
+            "dataset": dataset,
+            "variant": variant,
+            "config": {
+                "model": configs.to_dict(config),
+                "train": asdict(cfg),
+                "train_limit": train_limit,
+                "test_limit": test_limit,
+                "train_size": len(data.train),
+                "test_size": len(data.test),
+            },
+            "device": describe_device(device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
+            "precision": "bf16" if fast_path(cfg, device)[0] else "float32",  # of the training steps
+            "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+            "torch": torch.__version__,
+            "code": code,
+            "epochs": cfg.epochs,
+            "stage_epochs": {s.name: stage_train_config(s, config, cfg).epochs for s in spec.stages},
+            "seconds": round(seconds, 1),
+            "resumed": resume,
+            "test": final_numbers(spec, trained, data),
+            **extra,
+        }
         write_json(out / "metrics.json", metrics)
-    return metrics
+    return {**metrics, "out": str(out)}
 
 
-def final_line(model: str, test: dict[str, float]) -> str:
-    """The course's way of printing final test numbers: `Final -ELBO: 4.4321, Recon Loss: ...`."""
-    terms = registry.get(model).terms or {k: k for k in test}
-    return "Final " + ", ".join(f"{label}: {test[k]:.4f}" for k, label in terms.items() if k in test)
+def _take_finished_stages(spec: ModelSpec, config: Any, data: Data, cfg: TrainConfig, file: RunFile,
+                          source: Path) -> None:
+    """Copy into `file` the leading stages of the run at `source` that finished from exactly the
+    settings this run would train them from."""
+    stages = RunFile.read(source).stages
+    for i, stage in enumerate(spec.stages):
+        state, scfg = stages.get(stage.name), stage_train_config(stage, config, cfg)
+        if state is None or (state["epoch"], state["step"]) != (scfg.epochs, 0):
+            return
+        try:
+            check_resumable(state, stage_meta(spec, config, data, i), scfg, str(source))
+        except UserError:
+            return
+        file.stages[stage.name] = state
+
+
+# ----------------------------------------------------------------------------- trained models
 
 
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a checkpoint: `model, meta = load_model("figures/.../checkpoint.pt")`."""
-    state = load_checkpoint(path, map_location)
+    """Rebuild a trained model from a checkpoint: `model, meta = load_model("runs/.../checkpoint.pt")`."""
+    state = load(path, map_location)
     meta = state["meta"]
     try:
-        entry = registry.get(meta["model"])
-        info = DataInfo(meta["data"]["name"], meta["data"]["kind"], tuple(meta["data"]["shape"]))
-        model = entry.build(meta["config"], info, stage=meta.get("stage", ""))
-        model.load_state_dict(state["model"])
+        spec = registry.get(meta["model"])
+        config = configs.from_dict(spec.config, meta["config"])
+        models = []
+        for stage in spec.stages:
+            if stage.name not in state["stages"]:
+                raise UserError(f"{path} is an unfinished run: its {stage.name} stage has not trained yet; "
+                                "continue it with --resume")
+            model = stage.build(config)
+            model.load_state_dict(state["stages"][stage.name]["model"])
+            models.append(model)
     except (KeyError, RuntimeError, TypeError) as e:
         raise UserError(f"{path}: checkpoint does not match its model ({type(e).__name__}: {e})") from None
+    model = spec.assemble(config, models) if spec.assemble else models[-1]
     return model.eval(), meta
 
 
-def show(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """A model's output in its data space -> something to draw: [0, 1] images, or points."""
-    x = x.detach().float().cpu()
-    return datasets.from_unit(x) if kind == "image" else x
+def _check_out_file(out: Path) -> Path:
+    """A picture's path: it must end in .png (the format written), in a folder we can write."""
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out}: pictures are written as PNG; give a name ending in .png")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise UserError(f"cannot write {out}: the folder {out.parent} is not writable")
+    return out
 
 
-def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0) -> Path:
+def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0, temperature: float = 1.0) -> Path:
     """Draw n samples from a trained model and plot them (a grid of images, or a scatter)."""
+    if not temperature > 0:
+        raise UserError(f"--temperature must be positive, got {temperature}")
+    out = _check_out_file(Path(out))
     model, meta = load_model(checkpoint)
-    if meta.get("stage") == "prior":
-        raise UserError(f"{checkpoint} holds only the prior over codes; sample from checkpoint.pt beside it")
-    if not hasattr(model, "sample"):
-        raise UserError(f"{checkpoint}: this model ({meta['model']} {meta.get('stage', '')}) cannot sample on its own")
-    _check_writable(Path(out).parent)
+    takes_temperature = "temperature" in inspect.signature(model.sample).parameters
+    if temperature != 1.0 and not takes_temperature:
+        raise UserError(f"{checkpoint}: {meta['model']} samples without a temperature")
     torch.manual_seed(seed)
-    x = model.sample(n)
+    x = model.sample(n, temperature=temperature) if takes_temperature else model.sample(n)
     kind, title = meta["data"]["kind"], f"{meta['model']} on {meta['data']['name']}: {n} samples"
     if kind == "points":
         return save_scatter({"samples": x.cpu()}, out, title)
-    return save_image_grid(show(x, kind), out, title)
+    return save_image_grid(picture(x, kind), out, title)
 
 
-def reconstruct_to_file(checkpoint: str | Path, dataset: str, out: str | Path, n: int = 50,
+def reconstruct_to_file(checkpoint: str | Path, out: str | Path, n: int = 50, dataset: str | None = None,
                         data_dir: str | Path | None = None, download: bool = True) -> Path:
-    """The first n test images of `dataset` beside the trained model's reconstructions."""
+    """The first n test images of `dataset` (default: the one the model trained on) beside the
+    trained model's reconstructions."""
+    out = _check_out_file(Path(out))
     model, meta = load_model(checkpoint)
     if not hasattr(model, "reconstruct"):
         raise UserError(f"{checkpoint}: this model ({meta['model']}) does not reconstruct")
+    dataset = dataset or meta["data"]["name"]
     data = datasets.load(dataset, data_dir, test_limit=n, download=download)
     if data.info.shape != tuple(meta["data"]["shape"]) or data.info.kind != meta["data"]["kind"]:
         raise UserError(f"{checkpoint} was trained on {meta['data']['name']} {tuple(meta['data']['shape'])}; "
                         f"'{dataset}' has examples of shape {data.info.shape}")
-    _check_writable(Path(out).parent)
     with torch.no_grad():
         x_hat = model.reconstruct(data.test)  # every model takes data as stored
     kind = data.info.kind
-    original = datasets.to_unit(data.test) if kind == "image" else data.test
-    return save_reconstructions(show(original, kind), show(x_hat, kind), out)
+    return save_reconstructions(picture(data.test, kind), picture(x_hat, kind), out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -28,9 +29,11 @@ def plot_training(
     path: str | Path,
     title: str = "",
     labels: Mapping[str, str] | None = None,
+    note: str = "",
 ) -> Path:
     """The course's training plot: each term's per-minibatch training loss on an epoch axis and
-    its test loss at epoch 0 (initialisation) and after every epoch; one panel per term."""
+    its test loss at epoch 0 (initialisation) and after every epoch; one panel per term, and
+    `note` in small print underneath."""
     labels = labels or {}
     keys = [k for k in test if k in train] or list(test)
     fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.4), squeeze=False)
@@ -52,6 +55,8 @@ def plot_training(
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    if note:
+        fig.text(0.01, -0.02, textwrap.fill(note, 40 * len(keys) + 20), ha="left", va="top", fontsize=8)
     return _save(fig, path)
 
 

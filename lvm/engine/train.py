@@ -5,28 +5,33 @@ What it records, the course's way: every term for every training minibatch, and 
 the test set at initialisation (epoch 0) and after every epoch. A checkpoint (model, optimiser,
 epoch, step, RNG states, history, config) is written atomically after every epoch and when the
 run is interrupted (Ctrl-C or SIGTERM), and `resume=True` continues from it so that the resumed
-run ends exactly where an uninterrupted one would (shuffling is seeded per epoch).
+run ends exactly where an uninterrupted one would (shuffling is seeded per epoch). A loss that
+becomes NaN or infinite, in training or on the test set, stops the run before anything is
+written over the last checkpoint whose numbers are all finite.
+
+Progress: a bar on a terminal; elsewhere (a log file, a cluster job) one plain line per epoch.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from lvm.engine.errors import UserError
-
-CHECKPOINT_FORMAT = "lvm-checkpoint-1"
+from lvm.engine.checkpoint import RunFile
+from lvm.engine.errors import Interrupted, UserError
 
 
 @dataclass
@@ -41,17 +46,14 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lr_schedule: str = "constant"  # constant (the course) | cosine (decays to 0 over the run)
     cpu_threads: int | None = None  # torch's intra-op threads on the CPU; None = torch's default
-    # The fast path. amp: bf16 autocast of the training step, "auto" = on CUDA only, "on" = on
-    # any device, "off". Test numbers are always measured in float32. On a CPU with bf16 units
-    # "on" pays (AMD EPYC with avx512_bf16, 2 threads, `lvm bench --amp on`: vae 1.80x and vqvae
-    # 2.31x the plain loop, against 1.25x and 1.18x in float32), but "auto" leaves CPUs in
-    # float32: CPU runs then give the same numbers on every machine, and a CPU without bf16
-    # units would run it far slower.
-    # Channels-last convolutions everywhere (measured on the CPU, interleaved with the default
-    # layout: vae 149 vs 128 images/s, vqvae 14.6 vs 12.9). torch.compile is opt-in: it costs a
-    # minute of compiling up front.
+    # The fast path, each part where the hardware pays for it (`fast_path` decides "auto"):
+    # amp: bf16 autocast of the training step: "auto" = on CUDA and on CPUs with native bf16 units
+    # (avx512_bf16 or AMX), where it about doubles the speed (figures/bench/*-bf16.json); off on
+    # other CPUs, where bf16 is emulated and far slower. Test numbers are always measured in float32.
+    # channels_last: the convolutions' memory layout; "auto" = where it was measured to pay
+    # (figures/bench/). compile: torch.compile, opt-in: a minute of compiling up front.
     amp: str = "auto"
-    channels_last: bool = True
+    channels_last: str = "auto"
     compile: bool = False
     log_every: int = 25  # minibatches between host syncs (losses are read back in batches)
 
@@ -63,8 +65,9 @@ class TrainConfig:
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr schedule must be constant or cosine, got {self.lr_schedule!r}")
-        if self.amp not in ("auto", "on", "off"):
-            raise UserError(f"amp must be auto, on or off, got {self.amp!r}")
+        for name in ("amp", "channels_last"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise UserError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise UserError(f"grad clip must be positive, got {self.grad_clip}")
 
@@ -79,10 +82,6 @@ class History:
     def add(self, split: dict[str, list[float]], terms: dict[str, float]) -> None:
         for k, v in terms.items():
             split.setdefault(k, []).append(float(v))
-
-
-class Interrupted(Exception):
-    """Training stopped by a signal after saving a checkpoint."""
 
 
 class Diverged(UserError):
@@ -128,26 +127,51 @@ def resolve_device(name: str) -> torch.device:
 
 # ----------------------------------------------------------------------------- checkpoints
 
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Write atomically: a reader never sees half a file, a crash never loses the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+# What a resumed run must keep: these decide what the run computes. Everything else (device,
+# precision, threads) is how it computes, and may change between sessions; `epochs` may grow, to
+# extend a run (the schedule is then that of the new total, from the step reached).
+RESUME_FIXED = ("batch_size", "lr", "grad_clip", "seed", "lr_schedule")
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, ...: all mean "not ours"
-        raise UserError(f"cannot read checkpoint {path}: corrupt or not a torch file ({type(e).__name__})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise UserError(f"{path} is not an lvm checkpoint")
-    return state
+class Checkpoint(Protocol):
+    """Where the trainer keeps one run's state (`lvm.engine.checkpoint.Slot`)."""
+
+    where: str
+
+    def load(self) -> dict[str, Any] | None: ...
+
+    def save(self, state: dict[str, Any]) -> None: ...
+
+
+# How the keys of a pipeline's meta are set from the command line, for messages.
+_FLAGS = {"data.name": "--dataset ", "train_size": "--train-limit ", "test_size": "--test-limit "}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def check_resumable(state: dict[str, Any], meta: dict[str, Any] | None, cfg: "TrainConfig", where: str) -> None:
+    """Refuse, in one line, to resume a state with settings that contradict this run's."""
+    old, new = _flat(state.get("meta") or {}), _flat(meta or {})
+    for key in sorted(set(old) | set(new)):
+        if old.get(key) != new.get(key):
+            flag = _FLAGS.get(key) or (f"-o {key[len('config.'):]}=" if key.startswith("config.") else f"{key}=")
+            raise UserError(f"cannot resume {where}: it was trained with {flag}{old.get(key)!r}, this run asks "
+                            f"for {new.get(key)!r}; drop that option, or start a new run (--overwrite or another --out)")
+    saved = state.get("train_config", {})
+    for name in RESUME_FIXED:
+        if name in saved and saved[name] != getattr(cfg, name):
+            raise UserError(f"cannot resume {where}: it was trained with --{name.replace('_', '-')} {saved[name]}, "
+                            f"this run asks for {getattr(cfg, name)}; a resumed run keeps its settings")
+    if state["epoch"] > cfg.epochs:
+        raise UserError(f"cannot resume {where}: it has trained {state['epoch']} epochs already, more than "
+                        f"--epochs {cfg.epochs}")
 
 
 def _rng_state() -> dict[str, Any]:
@@ -185,9 +209,33 @@ def _stop_on_signals() -> Iterator[dict[str, int]]:
 # ----------------------------------------------------------------------------- training
 
 
-def _fast_path(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
-    """(bf16 autocast, channels-last), each where it helps (see TrainConfig)."""
-    return cfg.amp == "on" or (cfg.amp == "auto" and device.type == "cuda"), cfg.channels_last
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((l for l in text.splitlines() if l.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), rather than emulating it."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def fast_path(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16 autocast, channels-last) for this device: "on" and "off" as asked, "auto" where the
+    hardware pays for it (see TrainConfig)."""
+    bf16_units = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
+    amp = cfg.amp == "on" or (cfg.amp == "auto" and bf16_units)
+    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and CHANNELS_LAST_PAYS(device))
+    return amp, channels_last
+
+
+def CHANNELS_LAST_PAYS(device: torch.device) -> bool:  # noqa: N802 - set by measurement, see TrainConfig
+    return True
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
@@ -209,7 +257,7 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, de
               sched: torch.optim.lr_scheduler.LRScheduler | None = None):
     """One optimisation step, `step(x) -> detached loss terms`; the trainer and `lvm bench` share it.
     No host-device synchronisation happens inside."""
-    amp, channels_last = _fast_path(cfg, device)
+    amp, channels_last = fast_path(cfg, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
     loss_fn = _Loss(model)
@@ -236,18 +284,19 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, de
 
 
 def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torch.device,
-             cfg: TrainConfig | None = None) -> dict[str, float]:
+             cfg: TrainConfig | None = None, desc: str = "test") -> dict[str, float]:
     """Every loss term, averaged over all examples of `data` (over all processes under torchrun).
     Always in float32, also for a model trained under bf16 autocast: the reported numbers are
     the model's, not bf16's rounding of them (evaluation is a small part of the time)."""
-    _, channels_last = _fast_path(cfg or TrainConfig(), device)
+    _, channels_last = fast_path(cfg or TrainConfig(), device)
     rank, size = world()
     shard = data[rank::size]
     was_training = model.training
     model.eval()
     totals: dict[str, torch.Tensor] = {}
+    starts = range(0, len(shard), batch_size)
     with torch.inference_mode():
-        for start in range(0, len(shard), batch_size):
+        for start in tqdm(starts, desc=desc, unit="batch", leave=False, disable=True if rank else None):
             x = _layout(shard[start : start + batch_size].to(device, non_blocking=True), channels_last)
             for k, v in model.loss(x).items():
                 totals[k] = totals.get(k, 0.0) + v.detach().float() * len(x)
@@ -259,28 +308,83 @@ def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torc
     return dict(zip(keys, (sums / len(data)).tolist()))
 
 
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{int(seconds // 3600)} h {seconds % 3600 / 60:02.0f} min"
+
+
+class Progress:
+    """A bar on a terminal. Where there is none (a log file, nohup, a cluster job) the bar would
+    print nothing, so one plain line per epoch instead, and one early line with the ETA.
+    `TQDM_DISABLE=1` silences both."""
+
+    def __init__(self, total: int, initial: int, desc: str, quiet: bool):
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+                        leave=False, disable=True if quiet else None)
+        self.lines = self.bar.disable and not quiet and os.environ.get("TQDM_DISABLE", "") in ("", "0")
+        self.total, self.initial, self.done, self.start = total, initial, initial, time.perf_counter()
+        self.said = 0.0  # when the last plain line was printed
+        self.desc = desc
+
+    def eta(self) -> str:
+        spent, steps = time.perf_counter() - self.start, self.done - self.initial
+        return _duration(spent / steps * (self.total - self.done)) if steps else "?"
+
+    def describe(self, desc: str) -> None:
+        self.desc = desc
+        self.bar.set_description(desc)
+
+    def step(self) -> None:
+        self.done += 1
+        self.bar.update(1)
+        now = time.perf_counter()
+        if self.lines and now - self.start > 5 and now - self.said > 60:  # an ETA early on, then at most a minute apart
+            self.said = now
+            print(f"{self.desc}: step {self.done}/{self.total}, {(now - self.start) / (self.done - self.initial):.2f} s/step, "
+                  f"ETA {self.eta()}", flush=True)
+
+    def epoch(self, train: dict[str, float], test: dict[str, float], seconds: float) -> None:
+        if self.lines:
+            self.said = time.perf_counter()
+            terms = "  ".join(f"{k} {v:.4g}" for k, v in test.items())
+            print(f"{self.desc}: train loss {train.get('loss', float('nan')):.4g}  test {terms}  "
+                  f"({seconds:.1f} s; ETA {self.eta()})", flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def fit(
     model: nn.Module,
     train: torch.Tensor,
     test: torch.Tensor,
     cfg: TrainConfig,
     *,
-    checkpoint: Path | None = None,
+    checkpoint: Checkpoint | str | Path | None = None,
     resume: bool = False,
     meta: dict[str, Any] | None = None,
     desc: str = "train",
 ) -> History:
     """Train `model` on `train`, evaluating on `test`; returns the history.
 
-    `meta` is stored in the checkpoint as it is (the model's name and config, the data's
-    description), so that the checkpoint alone can rebuild the model. Under torchrun every
-    process takes its share of each global minibatch of `cfg.batch_size`; process 0 alone
-    writes checkpoints.
+    `checkpoint` is where the state goes after every epoch: a file path, or a stage's slot in a
+    run's checkpoint (`lvm.engine.checkpoint.Slot`). With `resume`, training continues from it;
+    `meta` (what the model was built from) is stored with it, and a resumed run whose `meta` or
+    settings differ is refused. Under torchrun every process takes its share of each global
+    minibatch of `cfg.batch_size`; process 0 alone writes checkpoints.
     """
     cfg.validate()
+    if len(train) == 0 or len(test) == 0:
+        raise UserError(f"nothing to train on: {len(train)} training and {len(test)} test examples")
+    if isinstance(checkpoint, (str, Path)):
+        path = Path(checkpoint)
+        checkpoint = (RunFile.read(path) if resume and path.exists() else RunFile(path, {})).slot("train")
     device = resolve_device(cfg.device)
     rank, size = world()
-    torch.manual_seed(cfg.seed + 1_000_003 * rank)  # each process its own noise
+    torch.manual_seed((cfg.seed + 1_000_003 * rank) % 2**63)  # each process its own noise
     model.to(device)
     train, test = train.to(device), test.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -292,11 +396,9 @@ def fit(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     history, epoch, step = History(), 0, 0
 
-    state = None
-    if resume and checkpoint is not None and rank == 0 and checkpoint.exists():
-        state = load_checkpoint(checkpoint, map_location="cpu")
-        if meta is not None and state.get("meta") != meta:
-            raise UserError(f"{checkpoint} was written by another model, dataset or config; use a new --out")
+    state = checkpoint.load() if resume and checkpoint is not None and rank == 0 else None
+    if state is not None:
+        check_resumable(state, meta, cfg, checkpoint.where)
     if size > 1:  # every process resumes from process 0's checkpoint
         box = [state]
         dist.broadcast_object_list(box, src=0)
@@ -309,11 +411,11 @@ def fit(
         epoch, step = state["epoch"], state["step"]
         if rank == 0:
             _set_rng_state(state["rng"])
+    saved = {"any": state is not None}
 
     def save(epoch: int, step: int) -> None:
         if checkpoint is not None and rank == 0:
-            save_checkpoint(checkpoint, {
-                "format": CHECKPOINT_FORMAT,
+            checkpoint.save({
                 "meta": meta or {},
                 "train_config": asdict(cfg),
                 "model": model.state_dict(),
@@ -324,13 +426,25 @@ def fit(
                 "history": asdict(history),
                 "rng": _rng_state(),
             })
+            saved["any"] = True
+
+    def stop(values: list[float], where: str) -> Diverged:
+        kept = (f"the last good checkpoint is kept in {checkpoint.where}" if checkpoint is not None and saved["any"]
+                else "no checkpoint had been written yet")
+        return Diverged(f"loss became {values} {where}; stopped, {kept}. Try a lower --lr in a new run "
+                        "(--overwrite or another --out; a resumed run keeps its --lr)")
+
+    def test_row(label: str) -> dict[str, float]:
+        row = evaluate(model, test, cfg.batch_size, device, cfg)
+        if not all(math.isfinite(v) for v in row.values()):
+            raise stop(list(row.values()), f"on the test set {label}")
+        return row
 
     if not history.test:  # the course's curves start with the test loss at initialisation
-        history.add(history.test, evaluate(model, test, cfg.batch_size, device, cfg))
+        history.add(history.test, test_row("at initialisation"))
 
     train_step = make_step(model, opt, cfg, device, sched)
-    bar = tqdm(total=total, initial=epoch * per_epoch + step, desc=desc, unit="step",
-               dynamic_ncols=True, leave=False, disable=True if rank else None)
+    progress = Progress(total, epoch * per_epoch + step, desc, quiet=bool(rank))
     pending: list[dict[str, torch.Tensor]] = []
 
     def flush(epoch: int, step: int) -> None:
@@ -346,13 +460,10 @@ def fit(
         bad = ~torch.isfinite(values).all(1)
         if bad.any():
             at = step - len(pending) + int(bad.nonzero()[0]) + 1
-            kept = (f"the last good checkpoint is kept in {checkpoint}" if checkpoint and checkpoint.exists()
-                    else "no checkpoint had been written yet")
-            raise Diverged(f"loss became {values[bad][0].tolist()} at epoch {epoch + 1} step {at}; "
-                           f"stopped, {kept}. Try a lower --lr.")
+            raise stop(values[bad][0].tolist(), f"at epoch {epoch + 1} step {at}")
         for row in values.tolist():
             history.add(history.train, dict(zip(keys, row)))
-        bar.set_postfix({k: f"{v:.4g}" for k, v in zip(keys, values[-1].tolist())}, refresh=False)
+        progress.bar.set_postfix({k: f"{v:.4g}" for k, v in zip(keys, values[-1].tolist())}, refresh=False)
         pending.clear()
 
     def stopping(signalled: int, boundary: bool) -> bool:
@@ -368,31 +479,35 @@ def fit(
     threads = torch.get_num_threads()
     if cfg.cpu_threads and device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
-    with _stop_on_signals() as stop:
+    with _stop_on_signals() as stop_flag:
         try:
             while epoch < cfg.epochs:
-                gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+                gen = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) % 2**63)
                 order = torch.randperm(len(train), generator=gen).to(device)
-                bar.set_description(f"{desc} epoch {epoch + 1}/{cfg.epochs}")
+                progress.describe(f"{desc} epoch {epoch + 1}/{cfg.epochs}")
+                started, first = time.perf_counter(), len(history.train.get("loss", []))
                 while step < per_epoch:
-                    if stopping(stop["signal"], boundary=step % cfg.log_every == 0):
+                    if stopping(stop_flag["signal"], boundary=step % cfg.log_every == 0):
                         flush(epoch, step)
                         save(epoch, step)
                         raise Interrupted(
                             f"interrupted at epoch {epoch + 1}, step {step}"
-                            + (f"; saved {checkpoint}" if checkpoint else "")
+                            + (f"; saved {checkpoint.where}" if checkpoint is not None else "")
                         )
                     batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                     pending.append(train_step(train[batch[rank::size]]))
                     step += 1
-                    bar.update(1)
                     if len(pending) >= cfg.log_every:
                         flush(epoch, step)
+                    progress.step()
                 flush(epoch, step)
-                history.add(history.test, evaluate(model, test, cfg.batch_size, device, cfg))
+                row = test_row(f"after epoch {epoch + 1}")
+                history.add(history.test, row)
+                losses = history.train.get("loss", [])[first:]
+                progress.epoch({"loss": sum(losses) / max(1, len(losses))}, row, time.perf_counter() - started)
                 epoch, step = epoch + 1, 0
                 save(epoch, 0)
         finally:
-            bar.close()
+            progress.close()
             torch.set_num_threads(threads)
     return history

@@ -105,7 +105,7 @@ def q2_b(train_data: np.ndarray, test_data: np.ndarray, dset_id: int, budget: st
 
 
 def _vqvae_with_prior(train_data, test_data, prior: str, budget: str):
-    from lvm.pixelcnn.model import make_prior
+    from lvm.vqvae.model import make_prior
     from lvm.vqvae import VQVAE, VQVAEConfig
     from lvm.vqvae import encode_all
 
@@ -119,7 +119,7 @@ def _vqvae_with_prior(train_data, test_data, prior: str, budget: str):
     model.eval()
     train_codes, test_codes = encode_all(model, train), encode_all(model, test)  # (N, 8, 8)
     widths = {} if course else {"embed_dim": 16, "channels": 32, "head_channels": 64,
-                                ("n_blocks" if prior == "pixelcnn" else "n_layers"): 2}
+                                "layers": 2}
     prior_model = make_prior(prior, levels=mcfg.num_codes, **widths)
     prior_history = fit(prior_model, train_codes, test_codes,
                         TrainConfig(epochs=15 if course else 2, batch_size=128, lr=1e-3, device="cpu"))
@@ -154,11 +154,11 @@ def q4_b(train_data: np.ndarray, test_data: np.ndarray, budget: str = "course"):
     """Gated PixelCNN on binary images (N, 32, 32, 1) of 0/1. Returns train_losses (N,),
     test_losses (E + 1,) in nats per pixel, and samples (100, 32, 32, 1) of 0/1."""
     _check(budget)
-    from lvm.pixelcnn.model import make_prior
+    from lvm.pixelcnn.model import PixelCNNConfig, build
 
     course = budget == "course"
-    widths = {} if course else {"embed_dim": 8, "channels": 16, "head_channels": 32, "n_layers": 3}
-    model = make_prior("gated", levels=2, **widths)
+    widths = {} if course else {"embed_dim": 8, "channels": 16, "head_channels": 32, "layers": 3}
+    model = build(PixelCNNConfig(levels=2, gated=True, shape=train_data.shape[1:3], **widths))
     train, test = from_hwc(train_data), from_hwc(test_data)  # (N, 1, 32, 32)
     history = fit(model, train, test, TrainConfig(epochs=10 if course else 2, batch_size=128, lr=1e-3,
                                                   grad_clip=1.0, device="cpu"))

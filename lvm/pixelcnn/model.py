@@ -9,7 +9,7 @@ Q4a) and as image models of binarised images (levels = 2).
 The contract every grid model here keeps:
     model.logits(x)          x (B, H, W) (or (B, 1, H, W)) integer tokens -> (B, levels, H, W)
     model.loss(x)            {"loss": mean negative log-likelihood per position, nats}
-    model.sample(n, (H, W))  (n, H, W) int64 tokens, on the model's device
+    model.sample(n)          (n, H, W) int64 tokens of the configured grid shape, on the model's device
 """
 
 from __future__ import annotations
@@ -23,6 +23,27 @@ from torch import nn
 from lvm.blocks.masked import GatedLayer, MaskedConv2d
 
 
+@dataclass
+class PixelCNNConfig:
+    """Both models' hyperparameters; the defaults are the course's (the Q3 prior's widths)."""
+
+    levels: int = 2  # values a token takes: 2 for binarised images, the codebook size for a VQ-VAE prior
+    shape: tuple[int, int] = (32, 32)  # the grid's height and width, for sampling (VQ-VAE codes: 8 x 8)
+    gated: bool = False  # the Gated PixelCNN (course Q4a) instead of the plain one (Q3)
+    embed_dim: int = 64  # token embedding size (the course's 64; its solution used 128)
+    channels: int = 128  # width of the residual stack, or of both gated stacks
+    # residual blocks of the plain model (the course: 10 for SVHN, 15 for CIFAR-10) or gated layers
+    # (the course: 15); none = the course's
+    layers: int | None = None
+    first_kernel: int = 7  # the first, type-A masked convolution
+    kernel: int = 3  # the masked convolution of every later block or layer
+    head_channels: int = 512  # the 1x1 output head's hidden width
+
+    @property
+    def depth(self) -> int:
+        return self.layers or (15 if self.gated else 10)
+
+
 class GridModel(nn.Module):
     """What both models share: tokens in through an embedding, cross-entropy out, sampling.
 
@@ -31,6 +52,7 @@ class GridModel(nn.Module):
     the positions before it in raster order (the tests check this through `stack`).
     """
 
+    cfg: PixelCNNConfig
     levels: int
     embed: nn.Embedding
     # how far the logits at one position look: rows above and columns to either side
@@ -52,10 +74,10 @@ class GridModel(nn.Module):
         return {"loss": F.cross_entropy(self.logits(x).float(), x.long())}  # float32 under autocast too
 
     @torch.no_grad()
-    def sample(self, n: int, shape: tuple[int, int]) -> torch.Tensor:
-        """n grids drawn position by position in raster order: H * W forward passes, each
-        batched over all n samples."""
-        H, W = shape
+    def sample(self, n: int, shape: tuple[int, int] | None = None) -> torch.Tensor:
+        """n grids (of the configured shape, unless given) drawn position by position in raster
+        order: H * W forward passes, each batched over all n samples."""
+        H, W = shape or self.cfg.shape
         was_training = self.training
         self.eval()
         r = self.reach
@@ -72,19 +94,6 @@ class GridModel(nn.Module):
                 x[:, i, j] = torch.multinomial(F.softmax(logits, dim=1), 1).squeeze(1)
         self.train(was_training)
         return x  # (n, H, W)
-
-
-@dataclass
-class PixelCNNConfig:
-    """The course's Q3 prior (defaults); the widths are fields so tests can shrink them."""
-
-    levels: int = 128  # number of token values (VQ-VAE: codebook size K; binary images: 2)
-    embed_dim: int = 64  # token embedding size (the course's 64; its solution used 128)
-    channels: int = 128  # width of the residual stack
-    n_blocks: int = 10  # residual blocks (the course: 10 for SVHN, 15 for CIFAR-10)
-    first_kernel: int = 7  # the type-A masked convolution
-    kernel: int = 3  # the type-B masked convolution in each residual block
-    head_channels: int = 512  # the 1x1 output head's hidden width
 
 
 class ResidualBlock(nn.Module):
@@ -109,11 +118,11 @@ class PixelCNN(GridModel):
         self.cfg = cfg
         self.levels = cfg.levels
         # the 7x7 conv looks 3 positions each way, every 3x3 one more
-        self.reach = cfg.first_kernel // 2 + cfg.n_blocks * (cfg.kernel // 2)
+        self.reach = cfg.first_kernel // 2 + cfg.depth * (cfg.kernel // 2)
         self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
         self.net = nn.Sequential(
             MaskedConv2d("A", cfg.embed_dim, cfg.channels, cfg.first_kernel),
-            *[ResidualBlock(cfg.channels, cfg.kernel) for _ in range(cfg.n_blocks)],
+            *[ResidualBlock(cfg.channels, cfg.kernel) for _ in range(cfg.depth)],
             # 1x1 convolutions mix channels at one position only: causality is kept
             nn.ReLU(), nn.Conv2d(cfg.channels, cfg.head_channels, 1),
             nn.ReLU(), nn.Conv2d(cfg.head_channels, cfg.levels, 1),
@@ -123,30 +132,17 @@ class PixelCNN(GridModel):
         return self.net(e)  # (B, levels, H, W)
 
 
-@dataclass
-class GatedPixelCNNConfig:
-    """The course's Q4a prior: 15 gated layers of 128 (defaults)."""
-
-    levels: int = 128  # number of token values
-    embed_dim: int = 64  # token embedding size
-    channels: int = 128  # width of both stacks
-    n_layers: int = 15  # gated layers, the first one excluding the current position
-    first_kernel: int = 7  # kernel of the first layer (as the PixelCNN's 7x7 type-A conv)
-    kernel: int = 3  # kernel of the other layers
-    head_channels: int = 512  # the 1x1 output head's hidden width
-
-
 class GatedPixelCNN(GridModel):
-    def __init__(self, cfg: GatedPixelCNNConfig):
+    def __init__(self, cfg: PixelCNNConfig):
         super().__init__()
         self.cfg = cfg
         self.levels = cfg.levels
         # each layer widens one of the paths by its kernel's half width; the shift down adds a row
-        self.reach = cfg.first_kernel // 2 + (cfg.n_layers - 1) * (cfg.kernel // 2) + 1
+        self.reach = cfg.first_kernel // 2 + (cfg.depth - 1) * (cfg.kernel // 2) + 1
         self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
         self.layers = nn.ModuleList(
             [GatedLayer(cfg.embed_dim, cfg.channels, cfg.first_kernel, first=True)]
-            + [GatedLayer(cfg.channels, cfg.channels, cfg.kernel) for _ in range(cfg.n_layers - 1)]
+            + [GatedLayer(cfg.channels, cfg.channels, cfg.kernel) for _ in range(cfg.depth - 1)]
         )
         self.head = nn.Sequential(
             nn.ReLU(), nn.Conv2d(cfg.channels, cfg.head_channels, 1),
@@ -160,12 +156,6 @@ class GatedPixelCNN(GridModel):
         return self.head(h)  # (B, levels, H, W): only the horizontal stack is read out
 
 
-PRIORS = {"pixelcnn": (PixelCNN, PixelCNNConfig), "gated": (GatedPixelCNN, GatedPixelCNNConfig)}
-
-
-def make_prior(kind: str, levels: int, **overrides) -> GridModel:
-    """A grid model by name: `make_prior("gated", levels=128, channels=64)`."""
-    if kind not in PRIORS:
-        raise ValueError(f"unknown prior {kind!r}; choose one of: {', '.join(PRIORS)}")
-    model_cls, cfg_cls = PRIORS[kind]
-    return model_cls(cfg_cls(levels=levels, **overrides))
+def build(cfg: PixelCNNConfig) -> GridModel:
+    """The model `cfg` describes: the Gated PixelCNN if `cfg.gated`, else the plain one."""
+    return GatedPixelCNN(cfg) if cfg.gated else PixelCNN(cfg)

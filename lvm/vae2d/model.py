@@ -20,7 +20,7 @@ from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameter
 class VAE2dConfig:
     latent_dim: int = 2  # the course's 2-D latent
     hidden: tuple[int, ...] = (128, 128)  # widths of the encoder's and decoder's hidden layers
-    data_dim: int = 2
+    data_dim: int = 2  # the points' dimension
     eval_samples: int = 16  # z draws per test point: the same -ELBO, with less estimator noise
     # Feed the networks (x - mean) / std of the training set (the likelihood stays that of raw x).
     # Off: at the course's budget it gained nothing measurable (figures/vae2d/ablation.json).

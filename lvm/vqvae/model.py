@@ -7,21 +7,23 @@ maps the codes back to an image. Training minimises
 
     per-pixel MSE(x, decoder(quantised)) + ||sg(z) - e||^2 + beta ||z - sg(e)||^2
 
-on images scaled to [-1, 1]. The model itself has no prior: generation samples an 8x8 grid of
-code indices from a PixelCNN trained afterwards on the codes of the training set (`lvm.pixelcnn`)
-and decodes it (`decode_indices`).
+on images scaled to [-1, 1]. The VQ-VAE itself has no prior: generation samples an 8x8 grid of
+code indices from a prior trained afterwards on the codes of the training set (a PixelCNN, course
+Q3, or a Gated PixelCNN, Q4a: `make_prior`) and decodes it (`VQVAEWithPrior.sample`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from lvm.engine.data import to_unit
-from lvm.vqvae.quantizer import VectorQuantizer
+from lvm.pixelcnn.model import PixelCNNConfig, build
+from lvm.vqvae.quantizer import RESTART_WINDOW, VectorQuantizer
 
 
 @dataclass
@@ -31,17 +33,18 @@ class VQVAEConfig:
     num_codes: int = 128  # K, the codebook's size
     code_dim: int = 256  # D, the width of a code; also the width of every layer (the course's)
     beta: float = 1.0  # weight of the commitment term
-    # The course's quantizer (ema_decay None, restart_dead False) leaves most codes dead. Measured
-    # on shapes (2,000 images, 3 epochs, 48 steps, test 500): course 29/128 codes used on test,
-    # test MSE 0.138; restarts alone 29/128, MSE 0.109; EMA 0.99 alone 18/128, MSE 0.059. EMA
-    # learns far faster, restarts revive codes: the default uses both (ema_decay=None,
-    # restart_dead=False gives the course's quantizer back). With both, on the real runs: shapes
-    # (4,000 images, 3 epochs) 125/128 codes on test; fashion-mnist (2,000, 3 epochs) 114/128.
-    ema_decay: float | None = 0.99
-    restart_dead: bool = True
-    restart_window: int = 10  # training steps without a single assignment before a restart
+    # The course's quantizer (ema_decay none, restart_dead false) leaves most codes dead. EMA
+    # updates learn the codebook far faster and restarts revive dead codes, so the default uses
+    # both; the comparison at equal budget is figures/vqvae/quantizers.json
+    # (benchmarks/vqvae_quantizers.py).
+    ema_decay: float | None = 0.99  # codes move to a moving average of their vectors; none = learnt by gradient
+    restart_dead: bool = True  # move a code no vector picked for a while onto a recent encoder output
+    restart_window: int = RESTART_WINDOW  # training steps without a single assignment before a restart
     channels: int = 3  # image channels C (1 for Fashion-MNIST, 3 for colour)
-    width: int | None = None  # layer width; None = code_dim. Tests shrink it to run fast.
+    width: int | None = None  # layer width; none = code_dim. Tests shrink it to run fast
+    # The second stage: a prior over the 8x8 grids of code indices, trained on the training set's codes
+    prior: Literal["pixelcnn", "gated"] = "pixelcnn"  # PixelCNN (course Q3) or Gated PixelCNN (Q4a)
+    prior_epochs: int = 15  # epochs of the prior stage (the course's)
 
 
 class ResBlock(nn.Module):
@@ -106,3 +109,37 @@ class VQVAE(nn.Module):
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> their reconstructions through the codebook, in [-1, 1]."""
         return self.decode_indices(self.encode(x))
+
+
+def make_prior(kind: str, levels: int, **overrides) -> nn.Module:
+    """A prior over 8x8 grids of `levels` code indices, at the course's widths unless overridden:
+    "pixelcnn" (Q3) or "gated" (Q4a)."""
+    if kind not in ("pixelcnn", "gated"):
+        raise ValueError(f"unknown prior {kind!r}; choose pixelcnn or gated")
+    return build(PixelCNNConfig(levels=levels, shape=VQVAE.code_grid, gated=kind == "gated", **overrides))
+
+
+@torch.no_grad()
+def encode_all(model: VQVAE, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """uint8 images (N, C, 32, 32) -> code grids (N, 8, 8) on the CPU, in batches."""
+    model.eval()
+    device = next(model.parameters()).device
+    return torch.cat([model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+
+
+class VQVAEWithPrior(nn.Module):
+    """Both stages together: what a trained VQ-VAE is to a user (sample, reconstruct)."""
+
+    def __init__(self, vqvae: VQVAE, prior: nn.Module):
+        super().__init__()
+        self.vqvae, self.prior = vqvae, prior
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n images (n, C, 32, 32) in [-1, 1]: code grids drawn from the prior, decoded."""
+        codes = self.prior.sample(n).to(next(self.vqvae.parameters()).device)  # (n, 8, 8)
+        return self.vqvae.decode_indices(codes)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.vqvae.reconstruct(x)

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+RESTART_WINDOW = 10  # training steps a code may go unpicked before a restart moves it
+
+
 
 def codebook_usage(indices: torch.Tensor, num_codes: int) -> dict[str, float]:
     """How much of the codebook a set of code indices uses.
@@ -44,7 +47,7 @@ class VectorQuantizer(nn.Module):
         beta: float = 1.0,
         ema_decay: float | None = None,
         restart_dead: bool = False,
-        restart_window: int = 20,
+        restart_window: int = RESTART_WINDOW,
     ):
         """num_codes K and code_dim D: the codebook's size (the course's 128 x 256).
         beta: weight of the commitment term ||z - sg(e)||^2 that keeps the encoder near its codes.

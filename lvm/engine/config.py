@@ -1,0 +1,186 @@
+"""A model's config from the command line: `-o FIELD=VALUE`, checked against its dataclass.
+
+The dataclass is the one statement of a model's hyperparameters: its defaults are the course's,
+and the comment beside (or just above) each field is its description in `lvm show MODEL`. Values
+are parsed by the field's annotation: int, float, bool, str, a `Literal[...]` of choices, a tuple
+("64,64"), or any of these `| None` ("none").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import re
+import types
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from lvm.engine.errors import UserError
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: Any  # the resolved annotation
+    default: Any
+    help: str
+
+    def type_name(self) -> str:
+        return _type_name(self.type)
+
+
+def _type_name(t: Any) -> str:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin is Literal:
+        return "|".join(map(str, args))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        return "tuple of " + _type_name(args[0]) if args else "tuple"
+    return "none" if t is type(None) else getattr(t, "__name__", str(t))
+
+
+def _comments(cls: type) -> dict[str, str]:
+    """Each field's comment: the `# ...` on its line, else the comment lines just above it.
+    Base classes first, so that a subclass's own comment wins."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            lines = inspect.getsource(klass).splitlines()[1:]
+        except (OSError, TypeError):
+            continue
+        above: list[str] = []
+        for line in lines:
+            text = line.strip()
+            if text.startswith("#"):
+                above.append(text.lstrip("#").strip())
+                continue
+            m = re.match(r"^(\w+)\s*:[^#]*(?:#\s*(.*))?$", text)
+            if m and not text.startswith(("def ", "return ", "class ")):
+                note = m.group(2) or " ".join(above)
+                out[m.group(1)] = note.split(". ")[0].rstrip(".") if note else ""
+            above = []
+    return out
+
+
+def fields(cls: type) -> list[Field]:
+    """The config's fields with their resolved types, defaults and descriptions."""
+    hints = typing.get_type_hints(cls)
+    notes = _comments(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out.append(Field(f.name, hints[f.name], default, notes.get(f.name, "")))
+    return out
+
+
+def parse_value(field: Field, text: str) -> Any:
+    """`text` as a value of `field`'s type; ValueError with the reason otherwise."""
+    return _parse(field.type, text.strip())
+
+
+def _parse(t: Any, text: str) -> Any:
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and text.lower() in ("none", "null"):
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _parse(a, text)
+            except ValueError as e:
+                errors.append(str(e))
+        raise ValueError("; ".join(errors))
+    if origin is Literal:
+        if text not in args:
+            raise ValueError(f"expected one of {', '.join(map(str, args))}")
+        return text
+    if origin is tuple:
+        parts = [p for p in text.strip("()[] ").split(",") if p.strip()]
+        items = args[:1] * len(parts) if len(args) == 2 and args[1] is Ellipsis else args
+        if len(items) != len(parts):
+            raise ValueError(f"expected {len(items)} comma-separated values")
+        return tuple(_parse(a, p.strip()) for a, p in zip(items, parts))
+    if t is bool:
+        if text.lower() in ("true", "yes", "on", "1"):
+            return True
+        if text.lower() in ("false", "no", "off", "0"):
+            return False
+        raise ValueError("expected true or false")
+    if t is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected a whole number") from None
+    if t is float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+        if not math.isfinite(value):
+            raise ValueError("expected a finite number")
+        return value
+    if t is str:
+        return text
+    raise ValueError(f"cannot be set from the command line (type {_type_name(t)})")
+
+
+def parse_overrides(cls: type, pairs: list[str] | tuple[str, ...], fixed: tuple[str, ...] = ()) -> dict[str, Any]:
+    """["num_codes=256", "beta=0.5"] -> {"num_codes": 256, "beta": 0.5}, checked against
+    the dataclass; `fixed` fields (decided by the data) cannot be set. One-line UserError."""
+    known = {f.name: f for f in fields(cls)}
+    settable = [n for n in known if n not in fixed]
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name:
+            raise UserError(f"-o takes FIELD=VALUE, got '{pair}'; fields: {', '.join(settable)}")
+        if name not in known:
+            raise UserError(f"no field '{name}' in {cls.__name__}; fields: {', '.join(settable)}")
+        if name in fixed:
+            raise UserError(f"field '{name}' is set from the dataset and cannot be changed")
+        try:
+            out[name] = parse_value(known[name], text)
+        except ValueError as e:
+            raise UserError(f"-o {name}={text}: {e} ({name} is {known[name].type_name()})") from None
+    return out
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A config as JSON-ready values (tuples become lists)."""
+    return json_ready(dataclasses.asdict(config))
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """The inverse of `to_dict`: lists become tuples where the field is a tuple. Keys that are not
+    fields are refused (a checkpoint of another config)."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+def describe(cls: type, fixed: tuple[str, ...] = ()) -> list[str]:
+    """One line per field: name, type, default, description (for `lvm show`)."""
+    rows = []
+    for f in fields(cls):
+        default = "(from the data)" if f.name in fixed else json_ready(f.default)
+        rows.append((f.name, f.type_name(), str(default), f.help))
+    width = [max(len(r[i]) for r in rows) for i in range(3)]
+    return [f"{a:<{width[0]}}  {b:<{width[1]}}  {c:<{width[2]}}  {d}".rstrip() for a, b, c, d in rows]

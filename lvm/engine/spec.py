@@ -1,0 +1,89 @@
+"""What a model package declares about itself, in one place: `MODEL = ModelSpec(...)` in its
+`__init__.py`. The engine reads nothing else about a model: the pipeline trains its stages, the CLI
+sets its config's fields, `lvm table` makes its rows and variants, `lvm report` labels its numbers.
+
+A model with one stage (most) is one module trained on the data. A model with several stages
+trains each on what the ones before it produced: the VQ-VAE's prior trains on the VQ-VAE's codes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from lvm.engine.data import Data, DataInfo
+from lvm.engine.train import TrainConfig
+
+
+@dataclass(frozen=True)
+class Term:
+    """One loss term a stage's `loss(x)` returns, and how the results name it."""
+
+    key: str  # its key in the dict `loss(x)` returns
+    label: str  # on the training plot and in the results table
+    unit: str = "nats"
+    metric: str = ""  # its key in metrics.json's "test" [default: key]
+    course: str = ""  # its name in the course's "Final ..." line; "" = not printed there
+
+    @property
+    def name(self) -> str:
+        return self.metric or self.key
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One network trained by the one trainer. Later stages train on data the stages before them
+    produced (`inputs`), and own the config fields that only they read (`fields`): changing one
+    of those retrains this stage and the ones after it, never the ones before."""
+
+    name: str  # names its checkpoint section and, in a model of several stages, its files
+    build: Callable[[Any], nn.Module]  # the model's config -> this stage's network
+    terms: tuple[Term, ...]  # what its loss returns, "loss" first
+    inputs: Callable[[list[nn.Module], Data], Data] | None = None  # trained earlier stages, data -> its data
+    fields: tuple[str, ...] = ()  # config fields only this stage reads
+    epochs: str = ""  # the config field holding its epochs; "" = the run's --epochs
+    setup: Callable[[nn.Module, Data], None] | None = None  # data-dependent initialisation, before training
+    note: str = ""  # printed under its training plot: what a reader of the curves should know
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the engine knows about one model."""
+
+    name: str  # as in the registry
+    config: type  # the config dataclass; every field can be set with `-o FIELD=VALUE`
+    stages: tuple[Stage, ...]
+    kinds: tuple[str, ...]  # the data kinds it trains on: "points", "image", "binary"
+    default_dataset: str
+    train: TrainConfig  # the default budget: the course's hyperparameters
+    # config fields the data decides (image channels, grid shape), each from the DataInfo; they
+    # cannot be set by hand
+    from_data: dict[str, Callable[[DataInfo], Any]] = field(default_factory=dict)
+    # trained stages -> the one model `lvm sample` and `lvm reconstruct` use [default: the last]
+    assemble: Callable[[Any, list[nn.Module]], nn.Module] | None = None
+    # the figures: (model, data, folder, title) -> numbers worth recording (e.g. seconds to sample)
+    figures: Callable[[nn.Module, Data, Path, str], dict[str, float]] | None = None
+    # extra test numbers of the trained model beyond each term's last test value (e.g. code usage)
+    summarise: Callable[[nn.Module, Data], dict[str, float]] | None = None
+    # named changes of the config that make a row of their own in `lvm table` (folder DATASET-NAME)
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the course's official final test numbers, by folder name: "DATASET" or "DATASET-VARIANT"
+    official: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def terms(self) -> list[Term]:
+        return [t for s in self.stages for t in s.terms]
+
+    def default_config(self, info: DataInfo) -> Any:
+        """The model's config for data like `info`, with every other field at its default."""
+        return self.config(**{name: get(info) for name, get in self.from_data.items()})
+
+
+# The terms every VAE here reports, as the course names them: -ELBO = reconstruction + KL.
+ELBO_TERMS = (
+    Term("loss", "-ELBO", metric="neg_elbo", course="-ELBO"),
+    Term("recon_loss", "recon", course="Recon Loss"),
+    Term("kl_loss", "KL", course="KL Loss"),
+)
