@@ -153,23 +153,28 @@ def data():
 @click.argument("name")
 @data_dir_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the picture [default: figures/data/NAME.png].")
+              help="Where to write the picture, a .png [default: runs/data/NAME.png].")
 @download_option
 def data_show(name, data_dir, out, download):
     """Load dataset NAME, print its sizes, and draw 100 training examples."""
     from lvm.engine import data as datasets
     from lvm.engine.plotting import save_image_grid, save_scatter
 
+    out = out or Path("runs") / "data" / f"{name}.png"
+    if out.suffix.lower() != ".png":  # matplotlib would pick a format from the suffix, or fail
+        raise UserError(f"--out {out}: the picture is a PNG; give a path ending in .png")
     d = datasets.load(name, data_dir, download=download)
+    try:
+        if d.info.kind == "points":
+            written = save_scatter({"train": d.train}, out, f"{name}: training data")
+        else:
+            scale = 1.0 if d.info.kind == "binary" else 255.0
+            written = save_image_grid(d.train[:100].float() / scale, out, f"{name}: 100 training examples")
+    except OSError as e:  # --out under a file, in a read-only folder, on a full disk
+        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
     click.echo(f"{name}: {len(d.train)} train, {len(d.test)} test, one example: "
                f"{'x'.join(map(str, d.info.shape))} {str(d.train.dtype).replace('torch.', '')}")
-    out = out or Path("figures") / "data" / f"{name}.png"
-    if d.info.kind == "points":
-        save_scatter({"train": d.train}, out, f"{name}: training data")
-    else:
-        scale = 1.0 if d.info.kind == "binary" else 255.0
-        save_image_grid(d.train[:100].float() / scale, out, f"{name}: 100 training examples")
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {written}")
 
 
 @cli.command("list")
@@ -179,13 +184,14 @@ def list_(data_dir):
     from lvm.engine import data as datasets
     from lvm import registry
 
+    root = datasets.data_root(data_dir)  # a bad one is the one line printed, before any other
     click.echo("models:")
     for name in registry.names():
         e = registry.get(name)
         click.echo(f"  {name:<22} {e.summary} [default data: {e.default_dataset}]")
-    click.echo(f"datasets (data dir: {data_dir or datasets.default_data_dir()}):")
-    for name, src in datasets.DATASETS.items():
-        where = "built in" if src.builtin else ("on disk" if datasets.on_disk(name, data_dir) else "missing")
+    click.echo(f"datasets (data dir: {root}):")
+    for name, src in datasets.DATASETS.items():  # on disk or not is judged without opening any file
+        where = "built in" if src.builtin else ("on disk" if datasets.on_disk(name, root) else "missing")
         click.echo(f"  {name:<22} {src.summary} [{where}]")
 
 
