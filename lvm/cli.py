@@ -171,7 +171,9 @@ def data_show(name, data_dir, out, download):
             scale = 1.0 if d.info.kind == "binary" else 255.0
             written = save_image_grid(d.train[:100].float() / scale, out, f"{name}: 100 training examples")
     except OSError as e:  # --out under a file, in a read-only folder, on a full disk
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
+        blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+        why = f"{blocker} is a file, not a folder" if blocker else e.strerror or e
+        raise UserError(f"cannot write {out}: {why}") from None
     click.echo(f"{name}: {len(d.train)} train, {len(d.test)} test, one example: "
                f"{'x'.join(map(str, d.info.shape))} {str(d.train.dtype).replace('torch.', '')}")
     click.echo(f"wrote {written}")

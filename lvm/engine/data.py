@@ -72,7 +72,7 @@ def _expand(path: str | Path, what: str) -> Path:
     try:
         return Path(path).expanduser()
     except RuntimeError:  # "~nosuchuser/...", or no home folder at all
-        raise UserError(f"{what} {path}: cannot expand '~' (no such user, or no home folder)") from None
+        raise UserError(f"{what}{path}: cannot expand '~' (no such user, or no home folder)") from None
 
 
 def default_data_dir() -> Path:
@@ -80,7 +80,7 @@ def default_data_dir() -> Path:
     env = os.environ.get("LVM_DATA_DIR")
     if env:
         return _expand(env, "$LVM_DATA_DIR=")
-    return _expand("~/.cache/lvm", "the default data dir")
+    return _expand("~/.cache/lvm", "the default data dir ")
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -690,7 +690,7 @@ def source(name: str) -> Source:
 
 def data_root(data_dir: str | Path | None = None) -> Path:
     """The data dir: `data_dir` with '~' expanded, else `default_data_dir()`."""
-    return _expand(data_dir, "--data-dir") if data_dir else default_data_dir()
+    return _expand(data_dir, "--data-dir ") if data_dir else default_data_dir()
 
 
 def on_disk(name: str, data_dir: str | Path | None = None) -> bool:
