@@ -217,22 +217,22 @@ def data():
 @click.argument("name")
 @data_dir_option
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Where to write the picture [default: runs/data/NAME.png].")
+              help="Where to write the picture, a .png [default: runs/data/NAME.png].")
 @download_option
 def data_show(name, data_dir, out, download):
     """Load dataset NAME, print its sizes, and draw 100 training examples."""
     from lvm.engine import data as datasets
-    from lvm.engine.plotting import save_image_grid, save_scatter
+    from lvm.engine.plotting import png_path, save_image_grid, save_scatter
 
+    out = png_path(out or Path("runs") / "data" / f"{name}.png")
     d = datasets.load(name, data_dir, download=download)
+    if d.info.kind == "points":
+        written = save_scatter({"train": d.train}, out, f"{name}: training data")
+    else:
+        written = save_image_grid(datasets.picture(d.train[:100], d.info.kind), out, f"{name}: 100 training examples")
     click.echo(f"{name}: {len(d.train)} train, {len(d.test)} test, one example: "
                f"{'x'.join(map(str, d.info.shape))} {str(d.train.dtype).replace('torch.', '')}")
-    out = out or Path("runs") / "data" / f"{name}.png"
-    if d.info.kind == "points":
-        save_scatter({"train": d.train}, out, f"{name}: training data")
-    else:
-        save_image_grid(datasets.picture(d.train[:100], d.info.kind), out, f"{name}: 100 training examples")
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {written}")
 
 
 @cli.command("list")
@@ -242,12 +242,13 @@ def list_(data_dir):
     from lvm import registry
     from lvm.engine import data as datasets
 
+    root = datasets.data_root(data_dir)  # a bad one is the one line printed, before any other
     click.echo("models (`lvm show MODEL` for their settings):")
     for name in registry.names():
         click.echo(f"  {name:<22} {registry.summary(name)}")
-    click.echo(f"datasets (data dir: {data_dir or datasets.default_data_dir()}):")
-    for name, src in datasets.DATASETS.items():
-        where = "built in" if src.builtin else ("on disk" if datasets.on_disk(name, data_dir) else "missing")
+    click.echo(f"datasets (data dir: {root}):")
+    for name, src in datasets.DATASETS.items():  # on disk or not is judged without opening any file
+        where = "built in" if src.builtin else ("on disk" if datasets.on_disk(name, root) else "missing")
         click.echo(f"  {name:<22} {src.summary} [{where}]")
 
 

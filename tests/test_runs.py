@@ -161,7 +161,7 @@ def test_pictures_are_png_or_refused(tmp_path, out):
     assert invoke("run", "vae2d", *TINY, "--epochs", 1, "--out", run).exit_code == 0
     for command in ("sample", "reconstruct"):
         one_line_error(invoke(command, "--checkpoint", run / "checkpoint.pt", "--out", tmp_path / out),
-                       "give a name ending in .png")
+                       "give a path ending in .png")
         assert not (tmp_path / out).exists()
 
 

@@ -34,7 +34,7 @@ from lvm.engine import data as datasets
 from lvm.engine.checkpoint import RunFile, load
 from lvm.engine.data import Data, DataInfo, picture
 from lvm.engine.errors import UserError
-from lvm.engine.plotting import plot_training, save_image_grid, save_reconstructions, save_scatter
+from lvm.engine.plotting import png_path, plot_training, save_image_grid, save_reconstructions, save_scatter
 from lvm.engine.spec import ModelSpec
 from lvm.engine.train import (History, TrainConfig, check_resumable, cpu_flags, fast_path, fit, init_distributed,
                               resolve_device, world)
@@ -373,24 +373,11 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
     return model.eval(), meta
 
 
-def _check_out_file(out: Path) -> Path:
-    """A picture's path: it must end in .png (the format written), in a folder we can write."""
-    if out.suffix.lower() != ".png":
-        raise UserError(f"--out {out}: pictures are written as PNG; give a name ending in .png")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot write {out}: {e.strerror or e}") from None
-    if not os.access(out.parent, os.W_OK):
-        raise UserError(f"cannot write {out}: the folder {out.parent} is not writable")
-    return out
-
-
 def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0, temperature: float = 1.0) -> Path:
     """Draw n samples from a trained model and plot them (a grid of images, or a scatter)."""
     if not temperature > 0:
         raise UserError(f"--temperature must be positive, got {temperature}")
-    out = _check_out_file(Path(out))
+    out = png_path(out)
     model, meta = load_model(checkpoint)
     takes_temperature = "temperature" in inspect.signature(model.sample).parameters
     if temperature != 1.0 and not takes_temperature:
@@ -407,7 +394,7 @@ def reconstruct_to_file(checkpoint: str | Path, out: str | Path, n: int = 50, da
                         data_dir: str | Path | None = None, download: bool = True) -> Path:
     """The first n test images of `dataset` (default: the one the model trained on) beside the
     trained model's reconstructions."""
-    out = _check_out_file(Path(out))
+    out = png_path(out)
     model, meta = load_model(checkpoint)
     if not hasattr(model, "reconstruct"):
         raise UserError(f"{checkpoint}: this model ({meta['model']}) does not reconstruct")

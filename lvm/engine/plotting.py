@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -14,12 +15,34 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from lvm.engine.errors import UserError  # noqa: E402
+
+
+def png_path(path: str | Path) -> Path:
+    """`path`, checked before any work is done: a name ending in .png (the only format written
+    here) whose folder exists or can be made, and can be written. One UserError line otherwise."""
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--out {path}: the picture is a PNG; give a path ending in .png")
+    existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == Path(p.anchor or "."))
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"cannot write {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK):
+        raise UserError(f"cannot write {path}: {existing} is not writable")
+    return path
+
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
+    """Write the figure as a PNG; a failed write is one UserError line naming the reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+    except OSError as e:  # a path under a file, a read-only folder, a full disk
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        raise UserError(f"cannot write {path}: {f'{blocker} is a file, not a folder' if blocker else e.strerror or e}") from None
+    finally:
+        plt.close(fig)
     return path
 
 
