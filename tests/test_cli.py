@@ -1,6 +1,7 @@
 """The `lvm` command, run the way a user runs it (click's CliRunner, tiny budgets)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -40,12 +41,43 @@ def test_run_vae2d_writes_the_row(tmp_path):
     assert len(h["test"]["loss"]) == 3 and len(h["train"]["loss"]) == 2 * 4  # 512 / 128 per epoch
 
 
-def test_amp_option_reaches_the_trainer(tmp_path):
+@pytest.mark.parametrize("bf16_units", [False, True])
+def test_amp_option_reaches_the_trainer_and_warns_where_bf16_is_emulated(tmp_path, monkeypatch, bf16_units):
+    from lvm.engine import pipeline
+
+    monkeypatch.setattr(pipeline, "cpu_has_bf16", lambda: bf16_units)
     r = invoke("run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "1", "--train-limit", "256",
                "--test-limit", "64", "--out", str(tmp_path), "--device", "cpu", "--amp", "on")
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["config"]["train"]["amp"] == "on"  # vae2d's default is "off"
+    assert m["config"]["train"]["amp"] == "on" and m["precision"] == "bf16"  # vae2d's default is "off"
+    assert ("warning: --amp on: this CPU has no bf16 units" in r.output) is not bf16_units
+
+
+def test_amp_auto_is_bf16_only_where_the_hardware_computes_it(monkeypatch):
+    import torch
+
+    from lvm.engine import train
+
+    cpu, cfg = torch.device("cpu"), train.TrainConfig(amp="auto")
+    monkeypatch.setattr(train, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert train.fast_path(cfg, cpu)[0] is False
+    monkeypatch.setattr(train, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert train.fast_path(cfg, cpu)[0] is True
+    assert train.fast_path(train.TrainConfig(amp="off"), cpu)[0] is False
+
+
+def test_a_log_file_gets_one_line_per_epoch(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TQDM_DISABLE"}
+    log = tmp_path / "log"
+    with open(log, "w") as f:  # `lvm run ... > log`: no terminal, so no progress bar
+        r = subprocess.run([sys.executable, "-m", "lvm", "run", "vae2d", "--dataset", "gaussians-a1", "--epochs", "4",
+                            "--out", str(tmp_path / "run")], stdout=f, stderr=subprocess.PIPE, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    lines = log.read_text().splitlines()
+    epochs = [line for line in lines if line.startswith("vae2d epoch ") and "test loss" in line and "ETA" in line]
+    assert [line.split(":")[0] for line in epochs] == [f"vae2d epoch {e}/4" for e in range(1, 5)], lines
+    assert lines[-2].startswith("Final -ELBO: ")
 
 
 def test_missing_dataset_is_one_line_exit_2(tmp_path):

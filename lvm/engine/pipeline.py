@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from contextlib import contextmanager
@@ -36,7 +37,7 @@ from lvm.engine.data import Data, DataInfo, picture
 from lvm.engine.errors import UserError
 from lvm.engine.plotting import png_path, plot_training, save_image_grid, save_reconstructions, save_scatter
 from lvm.engine.spec import ModelSpec
-from lvm.engine.train import (History, TrainConfig, check_resumable, cpu_flags, fast_path, fit, init_distributed,
+from lvm.engine.train import (History, TrainConfig, check_resumable, cpu_flags, cpu_has_bf16, fast_path, fit, init_distributed,
                               resolve_device, world)
 
 RUNS = Path("runs")  # where `lvm run` writes when no --out is given (git-ignored)
@@ -261,6 +262,10 @@ def run(
     cfg.validate()
     init_distributed(cfg.device)  # a no-op unless started by torchrun
     device = resolve_device(cfg.device)
+    if cfg.amp == "on" and device.type == "cpu" and not cpu_has_bf16():
+        print("warning: --amp on: this CPU has no bf16 units (no avx512_bf16 or amx_bf16), so bf16 is emulated "
+              "and training runs several times slower than in float32; --amp auto picks float32 here",
+              file=sys.stderr, flush=True)
     data = datasets.load(dataset, data_dir, train_limit, test_limit, download=download)
     config = make_config(spec, data.info, overrides)
     variant = variant_of(spec, config)

@@ -50,8 +50,10 @@ class TrainConfig:
     # amp: bf16 autocast of the training step: "auto" = on CUDA and on CPUs with native bf16 units
     # (avx512_bf16 or AMX), where it about doubles the speed (figures/bench/*-bf16.json); off on
     # other CPUs, where bf16 is emulated and far slower. Test numbers are always measured in float32.
-    # channels_last: the convolutions' memory layout; "auto" = where it was measured to pay
-    # (figures/bench/). compile: torch.compile, opt-in: a minute of compiling up front.
+    # channels_last: the convolutions' memory layout; "auto" = on: it paid on every kind of machine
+    # measured, CPUs with and without avx512_bf16 alike (figures/bench/*-cpu*.json; `lvm bench
+    # MODEL --vs channels_last=off` measures it on yours). compile: torch.compile, opt-in: a minute
+    # of compiling up front.
     amp: str = "auto"
     channels_last: str = "auto"
     compile: bool = False
@@ -230,12 +232,7 @@ def fast_path(cfg: TrainConfig, device: torch.device) -> tuple[bool, bool]:
     hardware pays for it (see TrainConfig)."""
     bf16_units = device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
     amp = cfg.amp == "on" or (cfg.amp == "auto" and bf16_units)
-    channels_last = cfg.channels_last == "on" or (cfg.channels_last == "auto" and CHANNELS_LAST_PAYS(device))
-    return amp, channels_last
-
-
-def CHANNELS_LAST_PAYS(device: torch.device) -> bool:  # noqa: N802 - set by measurement, see TrainConfig
-    return True
+    return amp, cfg.channels_last in ("auto", "on")  # channels-last paid on every kind measured
 
 
 def _layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
