@@ -20,7 +20,6 @@ import pytest
 from click.testing import CliRunner
 
 from lvm.cli import cli
-from lvm.engine import data as datasets
 from lvm.engine.errors import UserError
 from lvm.homework import helpers as hw
 from lvm.homework import solutions

@@ -553,10 +553,12 @@ def format_result(r: Result, show_output: bool = False) -> str:
 @click.option("--reference", is_flag=True, help="Grade the reference solutions (lvm.homework.solutions, tiny budget).")
 @click.option("-q", "--question", "questions", multiple=True, type=click.Choice(list(QUESTIONS)),
               help="Grade only this question (repeatable) [default: every question function found].")
-@click.option("--train-size", type=int, default=None, help="Training examples per question [default: 2000 for q1, 512 (256 for q4b) otherwise].")
+@click.option("--train-size", type=int, default=None,
+              help="Training examples per question [default: 2000 for q1, 512 (256 for q4b) otherwise].")
 @click.option("--timeout", type=click.FloatRange(min=1), default=600, show_default=True,
               help="Seconds allowed per question, loading the file included.")
-@click.option("--output", "show_output", is_flag=True, help=f"Show what each question's code printed (its last {OUTPUT_CAP // 1024} KiB).")
+@click.option("--output", "show_output", is_flag=True,
+              help=f"Show what each question's code printed (its last {OUTPUT_CAP // 1024} KiB).")
 def grade(path, reference, questions, train_size, timeout, show_output):
     """Check the question functions of a homework notebook or .py file against the course's contracts.
 
@@ -567,7 +569,8 @@ def grade(path, reference, questions, train_size, timeout, show_output):
     if train_size is not None and train_size < 100:
         raise click.BadParameter(f"must be at least 100, got {train_size}", param_hint="'--train-size'")
     if reference:
-        source, what, found = "reference", "the reference solutions (lvm.homework.solutions, tiny budget)", list(QUESTIONS)
+        source, found = "reference", list(QUESTIONS)
+        what = "the reference solutions (lvm.homework.solutions, tiny budget)"
         notes: list[str] = []
     else:
         modules, notes = definitions(read_sources(path))
