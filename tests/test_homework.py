@@ -247,6 +247,22 @@ def test_q4b_save_results_hands_binarised_28x28_and_prints_the_course_line(no_co
         "q4_b_train_plot.png", "q4_b_samples.png", "q4_b_reconstructions.png"}
 
 
+@needs("lvm.pixelvae")
+def test_q4b_save_results_runs_the_reference_pixelvae_with_the_course_contract(no_course_data, capsys):
+    hw.use_standin(binary="shapes-binary")
+    seen: dict = {}
+    hw.q4_b_save_results(record(tiny("q4_b"), seen), train_limit=128, test_limit=60)
+    train_data, test_data = seen["args"]
+    assert_array(train_data, (128, 28, 28, 1), np.uint8, values={0, 1})
+    train, test, samples, recon = seen["out"]
+    assert_losses(train, test, (3,))
+    np.testing.assert_allclose(test[:, 0], test[:, 1] + test[:, 2], rtol=1e-5)  # -ELBO with the true KL
+    assert_array(samples, (100, 28, 28, 1), values={0.0, 1.0})
+    assert_array(recon, (100, 28, 28, 1), values={0.0, 1.0})
+    np.testing.assert_array_equal(recon[0::2], test_data[:50])
+    assert capsys.readouterr().out.startswith(f"Final -ELBO: {test[-1, 0]:.4f}, Recon Loss: {test[-1, 1]:.4f}, ")
+
+
 # ----------------------------------------------------------------------------- the checks (in the parent)
 
 
@@ -369,8 +385,11 @@ def test_grader_passes_reference_q1():
     assert "=> q1 PASS" in result.output and "FAIL" not in result.output and "NOTE" not in result.output
 
 
-@needs("lvm.vae", "lvm.vqvae", "lvm.pixelcnn")
-@pytest.mark.parametrize("question", ["q2a", "q3"])
+@pytest.mark.parametrize("question", [
+    pytest.param("q2a", marks=needs("lvm.vae")),
+    pytest.param("q3", marks=needs("lvm.vqvae", "lvm.pixelcnn")),
+    pytest.param("q4b", marks=needs("lvm.pixelvae")),
+])
 def test_grader_passes_reference_image_questions(question):
     r = run_question("reference", question, 128, timeout=600)
     assert r.passed, [c.message for c in r.checks if not c.ok] or r.output
