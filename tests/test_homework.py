@@ -437,6 +437,16 @@ def test_student_code_that_exits_patches_or_swallows_the_limit_fails_each_questi
         def q2_a(train_data, test_data, dset_id):
             sys.exit(0)
 
+        def q2_b(train_data, test_data, dset_id):
+            # forge the runner's files: a report of success and a pickle in place of arrays
+            import json
+            import numpy as np
+            job = sys.argv[1]
+            np.savez(os.path.join(job, "outputs.npz"), out0=np.array([print], dtype=object))
+            with open(os.path.join(job, "result.json"), "w") as f:
+                json.dump({"status": "returned", "count": 5, "bad": {}}, f)
+            os._exit(0)
+
         def q3(train_data, test_data, dset_id):
             grader.Result.passed = property(lambda self: True)
             return "pass"
@@ -447,15 +457,16 @@ def test_student_code_that_exits_patches_or_swallows_the_limit_fails_each_questi
     result = invoke("grade", str(path), "--timeout", "25")
     assert result.exit_code == 1, result.output
     found = blocks(result.output)
-    assert list(found) == ["q1", "q2a", "q3", "q4a"]
+    assert list(found) == ["q1", "q2a", "q2b", "q3", "q4a"]
     for question, lines in found.items():
         assert [line for line in lines if line.startswith("FAIL")] == [lines[0]] and len(lines) == 2, lines
         assert lines[-1].startswith(f"=> {question} FAIL")
     assert found["q1"][0].startswith("FAIL  q1 did not finish within 25 s")
     assert found["q2a"][0] == "FAIL  q2_a called sys.exit(0)"
+    assert found["q2b"][0] == "FAIL  q2_b's return values could not be read back (ValueError)"
     assert found["q3"][0].startswith("FAIL  q3 returned a str; expected 6 values")
     assert found["q4a"][0].startswith("FAIL  the process running q4_a exited with status 0 before returning anything")
-    assert "0 of 4 questions pass" in result.output
+    assert "0 of 5 questions pass" in result.output
     assert "still training" not in result.output  # the child's output is captured
 
 

@@ -491,27 +491,41 @@ def run_question(source: str, question: str, train_size: int, timeout: float) ->
     return result
 
 
+def _child_report(path: Path) -> dict | None:
+    """result.json as written by the runner, or None when it is missing or not of that form
+    (the student's code runs in that process and could have written anything there)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(report, dict) or report.get("status") not in ("returned", "failed"):
+        return None
+    notes, count, bad = report.get("notes") or [], report.get("count"), report.get("bad") or {}
+    if not (isinstance(notes, list) and all(isinstance(n, str) for n in notes) and isinstance(bad, dict)
+            and (count is None or isinstance(count, int) and 0 <= count <= 100)):
+        return None
+    return {"status": report["status"], "notes": notes, "count": count, "bad": {str(k): str(v) for k, v in bad.items()},
+            "message": str(report.get("message", "failed")), "type": str(report.get("type"))}
+
+
 def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: int) -> None:
     """Turn the child's two files into checks; a missing or forged file is a failure, never a pass."""
-    try:
-        report = json.loads((job / "result.json").read_text())
-        status = report["status"]
-    except (OSError, ValueError, KeyError, TypeError):
+    report = _child_report(job / "result.json")
+    if report is None:
         how = f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
         last = [line for line in result.output.strip().splitlines() if line.strip()][-1:]
         result.fail(f"the process running {spec.function} {how} before returning anything (os._exit? out of memory?)"
                     + (f"; its last line: {last[0][:200]}" if last else ""))
         return
-    for note in report.get("notes") or []:
-        result.note(f"while loading: {note}")
-    if status != "returned":
-        result.fail(str(report.get("message", "failed"))[:500])
+    for note in report["notes"]:
+        result.note(f"while loading: {note[:300]}")
+    if report["status"] != "returned":
+        result.fail(report["message"][:500])
         return
-    if report.get("count") is None:
-        result.fail(f"{spec.function} returned a {str(report.get('type'))[:50]}; expected {len(spec.returns)} values: "
+    if report["count"] is None:
+        result.fail(f"{spec.function} returned a {report['type'][:50]}; expected {len(spec.returns)} values: "
                     f"{', '.join(spec.returns)}")
         return
-    count = int(report["count"])
     path = job / "outputs.npz"
     if not path.is_file() or path.stat().st_size > RESULT_CAP:
         result.fail(f"{spec.function}'s return values could not be read back (missing, or over "
@@ -519,11 +533,14 @@ def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: i
         return
     try:
         with np.load(path, allow_pickle=False) as f:
-            returned = [f[f"out{i}"] if f"out{i}" in f.files else None for i in range(count)]
-    except (OSError, ValueError, KeyError) as e:
+            returned = [f[f"out{i}"] if f"out{i}" in f.files else None for i in range(report["count"])]
+    except Exception as e:  # noqa: BLE001 - a file the student's process could have written: data, never trusted
         result.fail(f"{spec.function}'s return values could not be read back ({type(e).__name__})")
         return
-    check_outputs(spec.name, returned, inputs, report.get("bad") or {}, result)
+    try:
+        check_outputs(spec.name, returned, inputs, report["bad"], result)
+    except Exception as e:  # noqa: BLE001 - values no check foresaw: one line, never a traceback
+        result.fail(f"the grader could not check {spec.function}'s values ({type(e).__name__}: {e})")
 
 
 def grade_source(source: str, questions: list[str], train_sizes: dict[str, int] | None = None,
