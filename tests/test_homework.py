@@ -514,6 +514,22 @@ def test_exceptions_name_the_line_and_grading_is_flagged(tmp_path):
     assert not hw.grading()
 
 
+def test_notebook_notes_are_said_once(tmp_path):
+    cells = ["import numpy as np", "def broken(:\n    pass", "import no_such_module_xyz",
+             "def q1(train_data, test_data, part, dset_id):\n    raise NotImplementedError"]
+    nb = {"cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "source": c} for c in cells],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    path = tmp_path / "student.ipynb"
+    path.write_text(json.dumps(nb))
+    result = invoke("grade", str(path))
+    assert result.exit_code == 1
+    assert result.output.count("syntax error") == 1
+    assert f"  note: {path} cell 2: syntax error on line 1: invalid syntax; cell skipped" in result.output
+    assert blocks(result.output)["q1"][:2] == [
+        f"NOTE  while loading: {path} cell 3: ModuleNotFoundError: No module named 'no_such_module_xyz'",
+        "FAIL  not implemented (NotImplementedError in q1)"]
+
+
 @pytest.mark.parametrize("notebook, functions", [
     ("q1_vae2d.ipynb", ["q1"]),
     ("q2_vae_vlae.ipynb", ["q2_a", "q2_b"]),
