@@ -17,23 +17,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lvm.homework import *  # data, pictures and save_results_* helpers
+from lvm.homework import *  # the course's helpers: data, pictures, *_save_results
 """)
+
+DATA = md("""
+The course's data files `svhn.pkl`, `cifar10.pkl` and `mnist.pkl` are read from the data folder
+(`$LVM_DATA_DIR`, else `~/.cache/lvm`). The next cell lets you work without them: a missing file
+is replaced by an offline stand-in (the generated colour `shapes` for SVHN and CIFAR-10,
+binarised Fashion-MNIST for MNIST), with a note saying so. Where the files are there, they are used.
+""")
+
+STANDIN = code("use_standin()")
 
 CHECK = """
 ## Check your work
 
 Before you hand in, run the grader from the repository root. It reads only the imports and the
-function definitions of this notebook, calls your functions on a small slice of data and checks
-what they return (shapes, value ranges, losses that fall, one test loss per epoch plus one at
-initialisation):
+function definitions of this notebook (the cells that train or plot are skipped), calls your
+functions on a small slice of data and checks what they return (shapes, value ranges, losses that
+fall, one test loss per epoch plus one at initialisation):
 
 ```bash
 lvm grade homework/{name}
 ```
 
-Your functions run with their own budget there; `grading()` is True while the grader calls them,
-so `epochs = 2 if grading() else 20` makes grading quick.
+Your functions run with their own budget there, each question in a process of its own with a
+time limit (`--timeout`, default 600 s); `grading()` is True while the grader calls them, so
+`epochs = 2 if grading() else 20` makes grading quick. Grading runs your code, as any grader must.
 """
 
 
@@ -70,7 +80,7 @@ Suggested budget: Adam with learning rate 1e-3, batch 128, about 20 epochs.
 For each of the four (part, dataset) pairs:
 1. The training curve: -ELBO, reconstruction loss and KL loss for **every training minibatch**,
    and the same three on the **test set before training and after every epoch**.
-2. The final test -ELBO, reconstruction and KL loss (printed by `save_results_q1`).
+2. The final test -ELBO, reconstruction and KL loss (printed by `q1_save_results`).
 3. 1,000 samples from the model **with** decoder noise (z ~ p(z), then x ~ p(x|z)), and 1,000
    **without** it (the decoder means alone).
 4. A few sentences: in which part does the model use its latent variable, and why? Compare the
@@ -110,10 +120,10 @@ def q1(train_data, test_data, part, dset_id):
     raise NotImplementedError
 '''),
         md("## Results"),
-        code("save_results_q1('a', 1, q1)"),
-        code("save_results_q1('a', 2, q1)"),
-        code("save_results_q1('b', 1, q1)"),
-        code("save_results_q1('b', 2, q1)"),
+        code("q1_save_results('a', 1, q1)"),
+        code("q1_save_results('a', 2, q1)"),
+        code("q1_save_results('b', 1, q1)"),
+        code("q1_save_results('b', 2, q1)"),
         md("""
 ## Your answers
 
@@ -143,10 +153,8 @@ You will train two VAEs on 32x32 colour images:
   The KL term no longer has a closed form: estimate it with the reparameterised sample,
   $\\log q(z|x) - \\log p(z)$. To sample, invert the flow one dimension at a time.
 
-Data: uint8 arrays `(N, 32, 32, 3)`, values 0..255, channels last. Scale them to [-1, 1]. The
-course used SVHN (`dset_id` 1) and CIFAR-10 (2); this repository also offers the generated
-`shapes` (3) and Fashion-MNIST (4, its one channel repeated to three). `q2_data(name)` loads them;
-SVHN and CIFAR-10 must be on disk (`lvm list` says which are).
+Data: uint8 arrays `(N, 32, 32, 3)`, values 0..255, channels last: SVHN (`dset_id` 1) and
+CIFAR-10 (`dset_id` 2), or their stand-in (see below). Scale them to [-1, 1].
 
 ## Architecture that works (the course's)
 
@@ -169,19 +177,18 @@ SVHN and CIFAR-10 must be on disk (`lvm list` says which are).
 5. A few sentences: how do (a) and (b) differ in KL, reconstruction and samples?
 """),
         SETUP,
+        DATA,
+        STANDIN,
         md("## The data"),
-        code("""
-train_data, test_data = q2_data('shapes')
-print(train_data.shape, train_data.dtype, test_data.shape)
-visualize_images(train_data[:100], 'shapes: training images', name='q2_data.png')
-"""),
+        code("visualize_svhn()"),
+        code("visualize_cifar10()"),
         md("## Part (a): VAE"),
         code('''
 def q2_a(train_data, test_data, dset_id):
     """
     train_data: uint8 array (n_train, 32, 32, 3), values 0..255
     test_data: uint8 array (n_test, 32, 32, 3)
-    dset_id: 1 SVHN, 2 CIFAR-10, 3 shapes, 4 Fashion-MNIST
+    dset_id: 1 SVHN, 2 CIFAR-10
 
     Returns
     - train_losses: array (n_minibatches, 3): -ELBO, reconstruction loss, KL loss per minibatch
@@ -193,7 +200,8 @@ def q2_a(train_data, test_data, dset_id):
     # YOUR CODE HERE
     raise NotImplementedError
 '''),
-        code("save_results_q2('a', q2_a, 'shapes')"),
+        code("q2_save_results('a', 1, q2_a)"),
+        code("q2_save_results('a', 2, q2_a)"),
         md("## Part (b): VLAE, a VAE with an autoregressive-flow prior"),
         code('''
 def q2_b(train_data, test_data, dset_id):
@@ -201,7 +209,8 @@ def q2_b(train_data, test_data, dset_id):
     # YOUR CODE HERE
     raise NotImplementedError
 '''),
-        code("save_results_q2('b', q2_b, 'shapes')"),
+        code("q2_save_results('b', 1, q2_b)"),
+        code("q2_save_results('b', 2, q2_b)"),
         md("""
 ## Your answers
 
@@ -253,16 +262,14 @@ position by position from the PixelCNN and decode it.
 3. A few sentences: how many codes does your VQ-VAE use? How do samples compare with Q2's?
 """),
         SETUP,
-        code("""
-train_data, test_data = q3_data('shapes')
-print(train_data.shape, train_data.dtype, test_data.shape)
-"""),
+        DATA,
+        STANDIN,
         code('''
 def q3(train_data, test_data, dset_id):
     """
     train_data: uint8 array (n_train, 32, 32, 3), values 0..255
     test_data: uint8 array (n_test, 32, 32, 3)
-    dset_id: 1 SVHN, 2 CIFAR-10, 3 shapes, 4 Fashion-MNIST
+    dset_id: 1 SVHN, 2 CIFAR-10
 
     Returns
     - vqvae_train_losses: array (n_minibatches,): the VQ-VAE loss of every training minibatch
@@ -275,7 +282,8 @@ def q3(train_data, test_data, dset_id):
     # YOUR CODE HERE
     raise NotImplementedError
 '''),
-        code("save_results_q3(q3, 'shapes')"),
+        code("q3_save_results(1, q3)"),
+        code("q3_save_results(2, q3)"),
         md("""
 ## Your answers
 
@@ -291,7 +299,9 @@ YOUR ANSWER HERE
 def q4() -> list[dict]:
     return [
         md("""
-# Question 4: the Gated PixelCNN
+# Question 4: a Gated PixelCNN prior, and the PixelVAE
+
+## Part (a): a Gated PixelCNN prior for the VQ-VAE
 
 A PixelCNN built from masked 3x3 convolutions never sees part of the past: the receptive field of
 a stack of such layers grows up and to the left but leaves a **blind spot** above and to the right
@@ -305,20 +315,49 @@ of each pixel. The **Gated PixelCNN** splits every layer into two stacks:
 Both use the gated activation $\\tanh(W_f * x) \\odot \\sigma(W_g * x)$; the horizontal stack has
 a residual connection. The union of the two receptive fields is the whole past, with no blind spot.
 
-## Part (a): a Gated PixelCNN prior for the VQ-VAE
-
 Repeat Q3 with a Gated PixelCNN prior (15 gated layers of 128 channels) in place of the
 PixelCNN. Same data, same contract, same deliverables. Compare the prior's test NLL with Q3's.
+(The course notebook `notebooks/05_pixelcnn.ipynb` trains a Gated PixelCNN directly on binary
+images, and shows the blind spot.)
 
-## Part (b): a Gated PixelCNN on binary images
+## Part (b): the PixelVAE
 
-Train a Gated PixelCNN directly on binarised images, every pixel a token of two values:
-$p(x) = \\prod_i p(x_i \\mid x_{<i})$ in raster order. Data: uint8 arrays `(N, 32, 32, 1)` of 0/1
-(binarised Fashion-MNIST when it is on disk, binarised `shapes` otherwise: `q4_data('b')`).
-Losses in nats per pixel. Deliverables: training and test curves, the final test NLL, 100
-samples `(100, 32, 32, 1)` of 0/1.
+A VAE with a factorised decoder must put every detail of an image into its latent; a PixelCNN
+models the details but learns no latent. The **PixelVAE** joins them: its decoder is a PixelCNN
+over the pixels, **conditioned on z**,
+
+$$p(x \\mid z) = \\prod_i p(x_i \\mid x_{<i}, z),$$
+
+so z can carry the global structure (which digit, its slant) and the PixelCNN the local
+texture. A decoder this strong may learn to ignore z (the KL term falls to 0: posterior
+collapse). **Free bits** prevent it: the KL term counts only above a floor of lambda nats,
+$\\max(\\lambda, \\mathrm{KL})$, so the first lambda nats of information in z cost nothing.
+
+Data: binarised MNIST, uint8 arrays `(N, 28, 28, 1)` of 0/1 (the course's `mnist.pkl`,
+thresholded at 127.5 by the helper; or its stand-in, binarised Fashion-MNIST).
+
+## Architecture that works (the course's)
+
+- Encoder: convolutions down to a 16-dimensional diagonal Gaussian q(z|x).
+- Decoder: map z to a feature map the size of the image (a linear layer and transposed
+  convolutions) and add it into every masked convolution of a PixelCNN (a type-A 7x7 layer, then
+  type-B layers), ending in one logit per pixel: a Bernoulli p(x_i | x_<i, z).
+- Free bits lambda = 10 nats (on the KL of the whole latent). Adam 1e-3, batch 128, 10 epochs.
+- Report -ELBO = reconstruction + KL **with the true KL** (not the free-bits floor), in nats per
+  image, averaged over the batch. The course's solution reached a test -ELBO of 85.93 (recon
+  60.12, KL 25.81).
+
+## Deliverables (part b)
+
+1. Training curve (every minibatch) and test curve (before training and after every epoch) of
+   -ELBO, reconstruction and KL; the final test numbers.
+2. 100 samples `(100, 28, 28, 1)` of 0/1: z ~ p(z), then the pixels one at a time.
+3. 50 test images, each followed by its reconstruction `(100, 28, 28, 1)` of 0/1.
+4. A few sentences: how much of the ELBO does the KL carry, and what does z control in the samples?
 """),
         SETUP,
+        DATA,
+        STANDIN,
         md("## Part (a)"),
         code('''
 def q4_a(train_data, test_data, dset_id):
@@ -326,41 +365,40 @@ def q4_a(train_data, test_data, dset_id):
     # YOUR CODE HERE
     raise NotImplementedError
 '''),
-        code("save_results_q4a(q4_a, 'shapes')"),
+        code("q4_a_save_results(1, q4_a)"),
+        code("q4_a_save_results(2, q4_a)"),
         md("## Part (b)"),
-        code("""
-train_data, test_data = q4_data('b')
-print(train_data.shape, train_data.dtype, np.unique(train_data))
-visualize_images(train_data[:100], 'binary training images', name='q4b_data.png')
-"""),
         code('''
 def q4_b(train_data, test_data):
     """
-    train_data: uint8 array (n_train, 32, 32, 1) of 0/1
-    test_data: uint8 array (n_test, 32, 32, 1) of 0/1
+    train_data: uint8 array (n_train, 28, 28, 1) of 0/1: binarised MNIST
+    test_data: uint8 array (n_test, 28, 28, 1) of 0/1
 
     Returns
-    - train_losses: array (n_minibatches,): NLL in nats per pixel of every training minibatch
-    - test_losses: array (n_epochs + 1,): on the test set, before training and after every epoch
-    - samples: array (100, 32, 32, 1) of 0/1
+    - train_losses: array (n_minibatches, 3): -ELBO, reconstruction loss E[-log p(x|z)] and KL term
+      KL(q(z|x) || p(z)) of every training minibatch, in nats per image
+    - test_losses: array (n_epochs + 1, 3): the same on the test set, before training and after every epoch
+    - samples: array (100, 28, 28, 1) of 0/1
+    - reconstructions: array (100, 28, 28, 1) of 0/1: 50 pairs, each a test image then its reconstruction
     """
     # YOUR CODE HERE
     raise NotImplementedError
 '''),
-        code("save_results_q4b(q4_b)"),
+        code("q4_b_save_results(q4_b)"),
         md("""
 ## Your answers
 
-*Does the gated prior reach a lower test NLL than Q3's PixelCNN? Show (a picture, or a gradient
-computation) where a plain masked-convolution stack is blind and the gated one is not.*
+*Does the gated prior reach a lower test NLL than Q3's PixelCNN? In the PixelVAE, how many nats
+does the KL term carry, against the free-bits floor? Sample several images from one z: what
+stays the same and what changes?*
 
 YOUR ANSWER HERE
 """),
-        md(CHECK.format(name="q4_pixelcnn.ipynb")),
+        md(CHECK.format(name="q4_pixelcnn_pixelvae.ipynb")),
     ]
 
 
 if __name__ == "__main__":
-    for name, cells in (("q1_vae2d", q1()), ("q2_vae_vlae", q2()), ("q3_vqvae", q3()), ("q4_pixelcnn", q4())):
+    for name, cells in (("q1_vae2d", q1()), ("q2_vae_vlae", q2()), ("q3_vqvae", q3()), ("q4_pixelcnn_pixelvae", q4())):
         write(ROOT / f"{name}.ipynb", cells)
         print(f"wrote {ROOT / name}.ipynb")
