@@ -602,8 +602,174 @@ data's local texture, not yet its garments. A PixelCNN over 1,024 pixels needs f
     ]
 
 
+def nb06() -> list[dict]:
+    return [
+        md("""
+# 6. PixelVAE: a VAE with an autoregressive decoder
+
+The course's Q4b (`lvm/pixelvae/model.py`; Gulrajani et al., 2017). A VAE whose decoder is a
+PixelCNN: $p(x|z) = \\prod_i p(x_i \\mid x_{<i}, z)$, each pixel a Bernoulli variable of a binarised
+image, in raster order.
+
+- Encoder: three convolutions and a linear layer to $(\\mu, \\log\\sigma)$ of a 16-d Gaussian $q(z|x)$.
+- Decoder: $z$ goes through a transposed-convolution net (the shape of the VAE's decoder) to a
+  **spatial map** $m(z)$ of the image's size; a Gated PixelCNN (notebook 5) reads the pixels, and
+  every one of its layers adds its own 1x1 projection of $m(z)$ before the gate. A map rather than
+  one global vector: it can tell each pixel where the garment's outline runs, which a
+  translation-invariant stack could hardly work out from a vector.
+- Loss, in nats per image: the reconstruction $-\\log p(x|z)$ summed over pixels, plus the KL to
+  $\\mathcal N(0, I)$ **with free bits**.
+
+**Posterior collapse.** $-\\mathrm{ELBO}(x) = -\\log p(x) + \\mathrm{KL}(q(z|x)\\,\\|\\,p(z|x))$. A
+PixelCNN can model $p(x)$ well on its own, so there is an optimum where the decoder ignores $z$,
+$q(z|x) = p(z)$ and the KL is 0: the latent is unused. Training tends to fall into it: early on $z$
+is noise, the pixels to the left and above say more about the next pixel, and from the very first
+step the KL's gradient pulls every $q(z|x)$ towards the prior. Once $z$ carries nothing, the
+decoder learns to ignore it, and nothing pushes information back in.
+
+**Free bits** (Kingma et al., 2016). Charge the KL only above a floor $\\lambda$: the loss uses
+$\\max(\\mathrm{KL}(x), \\lambda)$. Below $\\lambda$ nats the KL costs nothing and has no gradient, so
+the encoder may put $\\lambda$ nats into $z$ for free and the decoder has a reason to read them. The
+course's solution (rll/deepul, `homeworks/solutions/hw3_solutions.ipynb`, `PixelVAE(free_bits=10)`)
+clamps the **total** KL of each image (summed over the 16 dimensions) at **10 nats**, then
+averages over the batch; so does `lvm`. We report the true KL as `kl_loss`, and -ELBO = recon + KL.
+"""),
+        code(SETUP),
+        code("""
+torch.set_num_threads(1)  # sampling is H x W tiny passes: a second thread only waits on a shared CPU
+from lvm.pixelvae import PixelVAE, PixelVAEConfig
+
+print(PixelVAEConfig())
+print("parameters, PixelVAE:", n_params(PixelVAE(PixelVAEConfig())))
+print("parameters, the same VAE with a factorised decoder:", n_params(PixelVAE(PixelVAEConfig(autoregressive=False))))
+"""),
+        md("""
+## Autoregressive given $z$, and $z$ everywhere
+
+Which inputs does the logit of the centre pixel of a 9x9 image depend on? Gradients tell: `X` =
+it depends on that pixel, `.` = it does not, `o` = the centre itself. Every earlier pixel in raster
+order, nothing from the centre on. And every pixel's logit depends on $z$.
+"""),
+        code("""
+torch.manual_seed(0)
+small = PixelVAE(PixelVAEConfig(shape=(1, 9, 9), latent_dim=4, enc_widths=(4, 8, 8), map_widths=(8, 8, 4),
+                                channels=8, n_layers=5, first_kernel=3)).double()
+x = torch.randn(1, 1, 9, 9, dtype=torch.double, requires_grad=True)     # a continuous stand-in for the pixels
+z = torch.randn(1, 4, dtype=torch.double, requires_grad=True)
+logits = small.decoder(x, small.latent_map(z))                           # (1, 1, 9, 9)
+logits[0, 0, 4, 4].backward()
+seen = x.grad[0, 0] != 0
+print("\\n".join(" ".join("o" if (i, j) == (4, 4) else "X" if seen[i, j] else "." for j in range(9)) for i in range(9)))
+
+def z_grad(i, j):
+    z.grad = None
+    small.decoder(x.detach(), small.latent_map(z))[0, 0, i, j].backward()
+    return z.grad.abs().sum().item()
+print("pixels whose logit has a zero gradient in z:", sum(z_grad(i, j) == 0 for i in range(9) for j in range(9)))
+"""),
+        md("""
+## Free bits, as a gradient
+
+Two posteriors of 4 dimensions, one carrying 2 nats, one 18. Under the floor of 10 nats, the
+clamped KL gives $\\mu$ no gradient; above it, the gradient of the plain KL, $\\mu$ itself.
+"""),
+        code("""
+from lvm.blocks.distributions import gaussian_kl
+
+mu = torch.tensor([[2.0, 0.0, 0.0, 0.0], [3.0, 3.0, 3.0, 3.0]], requires_grad=True)
+log_std = torch.zeros(2, 4)
+kl = gaussian_kl(mu, log_std)                 # (2,): 2 and 18 nats
+kl.clamp(min=10.0).sum().backward()
+for k, g in zip(kl.tolist(), mu.grad.tolist()):
+    print(f"KL {k:5.2f} nats -> d loss / d mu = {g}")
+"""),
+        md("""
+## With and without free bits, on binarised images
+
+Binarised Fashion-MNIST at its native 28x28 when it is installed (thresholded at 128), else
+binarised shapes. Two small PixelVAEs, identical but for the floor (0 = the plain ELBO, 10 = the
+course's), the same data, seed and budget. Their outputs depend on the data found, so they are
+not compared by the tests.
+"""),
+        code("""
+if datasets.on_disk("fashion-mnist-binary"):
+    name = "fashion-mnist-binary"
+    data = datasets.load(name, train_limit=2000, test_limit=500)
+    train, test = data.train, data.test
+    if train.shape[-1] == 32:                  # zero-padded to 32 x 32 by the loader: back to 28 x 28
+        train, test = train[..., 2:-2, 2:-2].contiguous(), test[..., 2:-2, 2:-2].contiguous()
+else:  # the shapes' grey level, thresholded: needs no files
+    from lvm.homework.helpers import binary_data, from_hwc
+    name = "shapes-binary"
+    train, test = (from_hwc(a) for a in binary_data(name, train_limit=2000, test_limit=500))
+print(name, "train", tuple(train.shape), train.dtype, "values", train.unique().tolist())
+""", ignore=True),
+        code("""
+small_cfg = dict(shape=tuple(train.shape[1:]), enc_widths=(16, 32, 32), map_widths=(32, 16, 16),
+                 channels=16, n_layers=3)
+runs = {}
+for floor in (0.0, 10.0):
+    torch.manual_seed(0)
+    model = PixelVAE(PixelVAEConfig(**small_cfg, free_bits=floor))
+    hist = fit(model, train, test, TrainConfig(epochs=3, batch_size=64, lr=1e-3, device="cpu", seed=0))
+    runs[floor] = (model, hist)
+    t = {k: v[-1] for k, v in hist.test.items()}
+    print(f"free bits {floor:4.1f}: -ELBO {t['recon_loss'] + t['kl_loss']:7.2f}  recon {t['recon_loss']:7.2f}  KL {t['kl_loss']:5.2f}")
+show(plotting.plot_training(runs[10.0][1].train, runs[10.0][1].test, out / "curves.png",
+                            f"pixelvae (free bits 10) on {name}",
+                            {"loss": "recon + max(KL, 10)", "recon_loss": "recon", "kl_loss": "KL"}))
+""", ignore=True),
+        code("""
+import matplotlib.pyplot as plt
+fig, ax = plt.subplots(figsize=(6, 3))
+for floor, (_, hist) in runs.items():
+    ax.plot(hist.train["kl_loss"], label=f"free bits {floor:g}")
+ax.set_xlabel("training step"); ax.set_ylabel("KL (nats per image)"); ax.legend(); ax.grid(alpha=0.3)
+fig.savefig(out / "kl.png", dpi=100, bbox_inches="tight"); plt.close(fig)
+show(out / "kl.png")
+""", ignore=True),
+        md("""
+Samples draw $z \\sim \\mathcal N(0, I)$, then the pixels one by one from the decoder
+(784 passes). Reconstructions draw from $p(x|z)$ at the posterior mean $z = \\mu(x)$, as the
+course's solution does: a draw, not a copy, so the outline should come back and the details vary.
+"""),
+        code("""
+model = runs[10.0][0].eval()
+torch.manual_seed(0)
+show(plotting.save_image_grid(model.sample(25), out / "samples.png", "25 samples (free bits 10)", nrow=5))
+x = test[:10]
+show(plotting.save_reconstructions(x.float(), model.reconstruct(x), out / "recon.png",
+                                   "test images (left) and draws from p(x | z = mu(x))"))
+""", ignore=True),
+        md("""
+## The longer run: PixelVAE against a plain VAE
+
+`benchmarks/pixelvae_vs_vae.py` trains the PixelVAE and the same model with a factorised
+Bernoulli decoder (one logit per pixel from the same map of $z$: a plain VAE) on binarised
+Fashion-MNIST, 28x28, at equal budget, and stores its numbers and figures under
+`figures/pixelvae/`.
+"""),
+        code("""
+import json
+figs = Path("..") / "figures" / "pixelvae"
+result_file = figs / "vs_vae-fashion-mnist-binary.json"
+if result_file.exists():
+    result = json.loads(result_file.read_text())
+    print(f"budget: {result['train_size']} images x {result['epochs']} epochs, batch {result['batch_size']}, "
+          f"{result['device']} ({result['cpu_flags']})")
+    for name, run in result["runs"].items():
+        t = run["test"]
+        print(f"{name:9s} -ELBO {t['neg_elbo']:7.2f}  recon {t['recon_loss']:7.2f}  KL {t['kl_loss']:6.2f}  "
+              f"({run['train_seconds']:.0f} s)")
+    show(figs / "pixelvae_samples.png", figs / "pixelvae_reconstructions.png")
+else:
+    print("no", result_file, "yet: run benchmarks/pixelvae_vs_vae.py")
+""", ignore=True),
+    ]
+
+
 NOTEBOOKS = {"01": ("01_vae2d", nb01), "02": ("02_vae", nb02), "03": ("03_vlae", nb03),
-             "04": ("04_vqvae", nb04), "05": ("05_pixelcnn", nb05)}
+             "04": ("04_vqvae", nb04), "05": ("05_pixelcnn", nb05), "06": ("06_pixelvae", nb06)}
 
 if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]

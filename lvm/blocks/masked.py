@@ -15,6 +15,11 @@ The vertical stack here is built with the "shift down" trick: its convolution co
 above AND the current row (a (k//2 + 1) x k kernel, padded on top), so its output at row i
 depends on inputs of rows <= i only, and it is fed to the horizontal stack shifted down by one
 row, where row i then sees rows < i only: every pixel of every earlier row, to both sides.
+
+Conditioning (the conditional PixelCNN of the same paper): `GatedLayer(v, h, cond)` adds a term
+that does not depend on the pixels, (B, 2C, 1, 1) for a global vector or (B, 2C, H, W) for a
+spatial map, to the pre-activations of both stacks, before the gate. It cannot break causality:
+it carries nothing of x.
 """
 
 from __future__ import annotations
@@ -83,13 +88,17 @@ class GatedLayer(nn.Module):
         self.link = nn.Conv2d(2 * channels, 2 * channels, 1)  # vertical -> horizontal
         self.h_out = nn.Conv2d(channels, channels, 1)
 
-    def forward(self, v: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, v: torch.Tensor, h: torch.Tensor,
+                cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         k = self.k
         W = h.shape[-1]
         v_pre = self.v_conv(F.pad(v, (k, k, k, 0)))  # (B, 2C, H, W): rows i-k..i
         h_in = F.pad(h, (k, 0, 0, 0))  # (B, C_in, H, W + k): k zero columns on the left
         h_pre = self.h_conv(h_in)[..., :W]  # (B, 2C, H, W): columns j-k..j (first: j-k..j-1)
         h_pre = h_pre + self.link(down_shift(v_pre))  # rows < i only reach the horizontal stack
+        if cond is not None:  # (B, 2C, 1, 1) or (B, 2C, H, W): added after the link, so once
+            v_pre = v_pre + cond
+            h_pre = h_pre + cond
         v = gate(v_pre)  # (B, C, H, W)
         out = self.h_out(gate(h_pre))  # (B, C, H, W)
         # no residual on the first layer: its input at (i, j) is the token at (i, j) itself

@@ -1,0 +1,223 @@
+"""The course's Q4b: a PixelVAE (Gulrajani et al. 2017, "PixelVAE: A Latent Variable Model for
+Natural Images"), a VAE whose decoder is an autoregressive PixelCNN conditioned on z, on
+binarised images.
+
+    q(z|x)   a small conv encoder -> diagonal Gaussian over a 16-d z
+    p(x|z)   prod_i Bernoulli(x_i | x_<i, z): a Gated PixelCNN (van den Oord et al. 2016,
+             "Conditional Image Generation with PixelCNN Decoders") over the H x W image
+
+How z conditions the decoder: z goes through a transposed-convolution net (the shape of the
+course's VAE decoder) to a *spatial* map m(z) of shape (B, M, H, W), and every gated layer adds
+its own 1x1 projection of that map to its pre-activations. A global vector (the course's
+solution adds Linear(z) as one bias per channel) tells every pixel the same thing, and a masked
+stack, being translation invariant, can hardly turn it into "a stroke here, blank there"; the
+map gives each pixel a summary of z for its own position, so z can carry the layout while the
+autoregressive layers carry local texture. Adding (rather than concatenating the map to the
+input) puts z into every layer, not only the first.
+
+Why a strong decoder can ignore z (posterior collapse), and the course's remedy: a PixelCNN can
+model p(x) well on its own, so at the start of training the KL term pushes q(z|x) onto the prior
+faster than the decoder learns to use z, and once z is noise the decoder learns to ignore it.
+Free bits (Kingma et al. 2016, "Improving Variational Inference with Inverse Autoregressive
+Flow") stop charging for the first `free_bits` nats: the loss uses max(KL(x), free_bits). The
+course's solution (rll/deepul, homeworks/solutions/hw3_solutions.ipynb, `PixelVAE`,
+`free_bits=10`) clamps the *total* KL of each image (summed over the 16 dimensions) at 10 nats,
+then averages over the batch; that is what is done here. Below the floor the KL's gradient is
+zero, so nothing pushes z towards the prior until it carries 10 nats.
+
+Losses are in nats per image: recon_loss = -log p(x|z) summed over pixels (binary cross-entropy
+on the logits), kl_loss = the true KL(q(z|x) || N(0, I)). The minimised "loss" is recon +
+max(KL, free_bits) per image, averaged; it is an upper bound on the true -ELBO = recon_loss +
+kl_loss, and equal to it for every image whose KL is above the floor. (The course's table printed
+the clamped KL as its KL; our -ELBO column is recon_loss + kl_loss, the true bound.)
+
+`autoregressive=False` gives the same model with a factorised Bernoulli decoder (one logit per
+pixel from the same map, no PixelCNN): the plain VAE the PixelVAE is compared with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lvm.blocks.distributions import gaussian_kl, reparameterize
+from lvm.blocks.masked import GatedLayer
+
+
+@dataclass
+class PixelVAEConfig:
+    """Defaults are the course's Q4b where it has one; `shape` is set from the data."""
+
+    shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of one image; binary, C = 1
+    latent_dim: int = 16  # the course's 16-d latent
+    enc_widths: tuple[int, int, int] = (32, 64, 128)  # the course's PixelVAE encoder convs
+    map_widths: tuple[int, int, int] = (128, 64, 32)  # z -> map: linear, convT, convT (M = last)
+    channels: int = 64  # width of both gated stacks (the course's PixelCNN: 64)
+    n_layers: int = 8  # gated layers (the course: 8 masked layers)
+    # The course's decoder used 7x7 kernels throughout; here the first layer is 7x7 and the
+    # rest 3x3 gated layers as in Q4a (no blind spot): 8 layers still reach 11 pixels, and the
+    # latent map supplies what lies further away.
+    first_kernel: int = 7
+    kernel: int = 3
+    free_bits: float = 10.0  # nats of total KL per image that cost nothing (the course: 10)
+    autoregressive: bool = True  # False: a factorised Bernoulli decoder, the plain VAE
+
+
+class Encoder(nn.Module):
+    """x (B, 1, H, W) in {-1, 1} -> (mu, log_std) of q(z|x), each (B, L). The course's Q4b
+    encoder: three convs, the last without a ReLU, and a linear layer; its own (the Q2 VAE's
+    encoder is for 3 x 32 x 32)."""
+
+    def __init__(self, cfg: PixelVAEConfig):
+        super().__init__()
+        C, H, W = cfg.shape
+        w0, w1, w2 = cfg.enc_widths
+        h, w = -(-H // 4), -(-W // 4)  # two stride-2 convs: ceil(H / 4)
+        self.net = nn.Sequential(
+            nn.Conv2d(C, w0, 3, 1, 1), nn.ReLU(),  # (B, w0, H, W)
+            nn.Conv2d(w0, w1, 3, 2, 1), nn.ReLU(),  # (B, w1, H/2, W/2)
+            nn.Conv2d(w1, w2, 3, 2, 1),  # (B, w2, H/4, W/4)
+            nn.Flatten(),  # (B, w2 * h * w)
+            nn.Linear(w2 * h * w, 2 * cfg.latent_dim),  # (B, 2L)
+        )
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, log_std = self.net(x).chunk(2, dim=1)  # (B, L), (B, L)
+        return mu, log_std
+
+
+class LatentMap(nn.Module):
+    """z (B, L) -> m(z) (B, M, H, W): the course's VAE decoder shape (linear, then upsampling
+    transposed convs), cropped to H x W when H or W is not a multiple of 4."""
+
+    def __init__(self, cfg: PixelVAEConfig):
+        super().__init__()
+        _, self.H, self.W = cfg.shape
+        d0, d1, d2 = cfg.map_widths
+        self.d0, self.h, self.w = d0, -(-self.H // 4), -(-self.W // 4)
+        self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, d0 * self.h * self.w), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(d0, d1, 4, 2, 1), nn.ReLU(),  # (B, d1, 2h, 2w)
+            nn.ConvTranspose2d(d1, d2, 4, 2, 1), nn.ReLU(),  # (B, d2, 4h, 4w)
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        m = self.net(self.fc(z).view(-1, self.d0, self.h, self.w))  # (B, M, 4h, 4w)
+        return m[..., : self.H, : self.W]  # (B, M, H, W)
+
+
+class PixelDecoder(nn.Module):
+    """(x, m) -> Bernoulli logits (B, 1, H, W), where the logit at pixel i depends on the pixels
+    before i in raster order and on m(z) anywhere. x is fed as one channel in {-1, 1} (two levels
+    need no embedding)."""
+
+    def __init__(self, cfg: PixelVAEConfig):
+        super().__init__()
+        C, M = cfg.channels, cfg.map_widths[-1]
+        self.layers = nn.ModuleList(
+            [GatedLayer(1, C, cfg.first_kernel, first=True)]
+            + [GatedLayer(C, C, cfg.kernel) for _ in range(cfg.n_layers - 1)]
+        )
+        self.cond = nn.ModuleList([nn.Conv2d(M, 2 * C, 1) for _ in range(cfg.n_layers)])
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, 1, 1))
+        # how far a logit looks: rows above and columns to either side (as GatedPixelCNN.reach)
+        self.reach = cfg.first_kernel // 2 + (cfg.n_layers - 1) * (cfg.kernel // 2) + 1
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        v = h = x  # (B, 1, H, W)
+        for layer, cond in zip(self.layers, self.cond):
+            v, h = layer(v, h, cond(m))  # (B, C, H, W) each
+        return self.head(h)  # (B, 1, H, W)
+
+
+class PixelVAE(nn.Module):
+    """`loss` takes binary uint8 images (B, 1, H, W) of 0/1 as stored; `sample`, `reconstruct`,
+    `decode` and `interpolate` return 0/1 images of the same kind (float)."""
+
+    def __init__(self, cfg: PixelVAEConfig):
+        super().__init__()
+        if cfg.shape[0] != 1:
+            raise ValueError(f"PixelVAE models one binary channel, got shape {cfg.shape}")
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.latent_map = LatentMap(cfg)
+        if cfg.autoregressive:
+            self.decoder = PixelDecoder(cfg)
+        else:  # the plain VAE: the course's conv decoder ending in one logit per pixel
+            self.decoder = nn.Conv2d(cfg.map_widths[-1], 1, 3, 1, 1)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """0/1 images (B, 1, H, W) -> (mu, log_std) of q(z|x), each (B, L)."""
+        return self.encoder(2 * x.float() - 1)  # the course's scaling: {0, 1} -> {-1, 1}
+
+    def logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Logits of p(x_i = 1 | x_<i, z), (B, 1, H, W), all pixels in one pass (teacher forcing)."""
+        m = self.latent_map(z)  # (B, M, H, W)
+        if not self.cfg.autoregressive:
+            return self.decoder(m)  # (B, 1, H, W): x is not looked at
+        return self.decoder(2 * x.float() - 1, m)
+
+    def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """recon + max(KL, free_bits) per image, averaged over the batch; nats."""
+        # the loss terms in float32 also when the network runs under bf16 autocast
+        mu, log_std = (t.float() for t in self.encode(x))  # (B, L), (B, L)
+        z = reparameterize(mu, log_std)  # (B, L)
+        logits = self.logits(x, z).float()  # (B, 1, H, W)
+        recon = F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)  # (B,)
+        kl = gaussian_kl(mu, log_std)  # (B,)
+        loss = recon + kl.clamp(min=self.cfg.free_bits)  # (B,): no gradient to KL below the floor
+        return {"loss": loss.mean(), "recon_loss": recon.mean(), "kl_loss": kl.mean()}
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Draw x ~ p(x|z) for each z (B, L): (B, 1, H, W) of 0/1, pixel by pixel in raster order
+        (one pass for the factorised decoder)."""
+        was_training = self.training
+        self.eval()
+        _, H, W = self.cfg.shape
+        m = self.latent_map(z)  # (B, M, H, W), computed once
+        if not self.cfg.autoregressive:
+            x = torch.bernoulli(torch.sigmoid(self.decoder(m).float()))
+            self.train(was_training)
+            return x
+        r = self.decoder.reach
+        x = torch.zeros(len(z), 1, H, W, device=z.device)
+        for i in range(H):
+            for j in range(W):
+                # The pass runs on the window the logit at (i, j) can see (rows i-r..i, columns
+                # j-r..j+r), as GridModel.sample does: features near the window's edges come out
+                # wrong, but (i, j) depends on none of them, so its logit is exact (tested).
+                top, left = max(0, i - r), max(0, j - r)
+                rows, cols = slice(top, i + 1), slice(left, j + r + 1)
+                window = 2 * x[:, :, rows, cols] - 1  # (B, 1, <= r+1, <= 2r+1)
+                logit = self.decoder(window, m[:, :, rows, cols])[:, 0, i - top, j - left]  # (B,)
+                x[:, 0, i, j] = torch.bernoulli(torch.sigmoid(logit.float()))
+        self.train(was_training)
+        return x  # (B, 1, H, W)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> torch.Tensor:
+        """n images (n, 1, H, W) of 0/1: z ~ N(0, I), then x ~ p(x|z) pixel by pixel."""
+        z = torch.randn(n, self.cfg.latent_dim, device=next(self.parameters()).device)
+        return self.decode(z)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """0/1 images (B, 1, H, W) -> a draw from p(x|z) at the posterior mean z = mu(x), as the
+        course's solution does; (B, 1, H, W) of 0/1."""
+        mu, _ = self.encode(x)
+        return self.decode(mu)
+
+    @torch.no_grad()
+    def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
+        """Draws from p(x|z) along the line between the posterior means of x1 and x2 (each
+        (B, 1, H, W) of 0/1): (B, steps, 1, H, W) of 0/1."""
+        mu1, _ = self.encode(x1)  # (B, L)
+        mu2, _ = self.encode(x2)
+        alpha = torch.linspace(0, 1, steps, device=mu1.device)[None, :, None]  # (1, S, 1)
+        z = (1 - alpha) * mu1[:, None] + alpha * mu2[:, None]  # (B, S, L)
+        x = self.decode(z.flatten(0, 1))  # (B * S, 1, H, W)
+        return x.view(len(x1), steps, *x.shape[1:])
