@@ -22,8 +22,9 @@ MODELS: dict[str, tuple[str, str]] = {
     "vae2d": ("lvm.vae2d", "VAE on 2-D points, Gaussian decoder with learned variance (course Q1)"),
     "vae": ("lvm.vae", "convolutional VAE, 16-d latent, N(0, I) prior (course Q2a)"),
     "vlae": ("lvm.vlae", "convolutional VAE with a MADE autoregressive-flow prior (course Q2b)"),
-    "vqvae": ("lvm.vqvae", "VQ-VAE with a PixelCNN or Gated PixelCNN prior over its 8x8 codes (course Q3, Q4a)"),
+    "vqvae": ("lvm.vqvae", "VQ-VAE with a PixelCNN, Gated PixelCNN or transformer prior over its 8x8 codes (course Q3, Q4a)"),
     "pixelcnn": ("lvm.pixelcnn", "PixelCNN or Gated PixelCNN on binarised images; also the VQ-VAE's prior"),
+    "pixelvae": ("lvm.pixelvae", "VAE with a Gated PixelCNN decoder conditioned on z, free bits (course Q4b)"),
 }
 
 

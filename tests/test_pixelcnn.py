@@ -149,6 +149,25 @@ def test_sample_shape_range_determinism_and_exact_windows(kind):
         assert torch.allclose(part, full[:, :, i, j], atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["pixelcnn", "gated"])
+@pytest.mark.parametrize("size,depth", [(16, 2), (8, 4)])
+def test_row_logits_are_the_full_pass_logits(kind, size, depth):
+    # what sample() computes at (i, j), given a grid whose other positions (the future too)
+    # hold random codes: the plain model's window, the gated model's cached vertical stack
+    torch.manual_seed(0)
+    model = tiny(kind, levels=5, depth=depth).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # weights of order one: errors cannot hide in small logits
+            p.normal_(0, 0.5)
+        x = torch.randint(0, 5, (3, size, size))
+        full = model.logits(x)  # (3, 5, size, size)
+        assert full.std() > 0.3
+        for i in range(size):
+            at = model.row_logits(x, i)
+            for j in range(size):
+                assert torch.allclose(at(j), full[:, :, i, j], rtol=0, atol=1e-5), (i, j)
+
+
 def test_make_prior_and_course_defaults():
     plain = make_prior("pixelcnn", 128)
     assert isinstance(plain, PixelCNN) and plain.cfg.shape == (8, 8) and len(plain.net) == 1 + 10 + 4

@@ -27,3 +27,17 @@ def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, log_std: torch.Tensor) 
 def standard_normal_log_prob(x: torch.Tensor) -> torch.Tensor:
     """log N(x; 0, 1), elementwise."""
     return -0.5 * (x.pow(2) + LOG_2PI)
+
+
+def sample_categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """One draw per row from softmax(logits / temperature): (B, K) -> (B,) int64.
+
+    temperature < 1 sharpens the distribution towards its mode, > 1 flattens it; 0 takes the
+    mode itself (argmax), the limit of ever lower temperatures.
+    """
+    if not temperature >= 0:  # also refuses NaN
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(dim=1)
+    probs = torch.softmax(logits.float() / temperature, dim=1)  # (B, K), float32 under autocast too
+    return torch.multinomial(probs, 1).squeeze(1)

@@ -90,17 +90,34 @@ class GatedLayer(nn.Module):
 
     def forward(self, v: torch.Tensor, h: torch.Tensor,
                 cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`cond` (B, 2C, 1, 1) or (B, 2C, H, W), optional: a conditioning term added to both
+        stacks' pre-activations before the gate (a conditional PixelCNN)."""
+        v, above = self.vertical(v, cond)
+        return v, self.horizontal(h, above, cond)
+
+    def vertical(self, v: torch.Tensor,
+                 cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The vertical stack: v -> (v', what it passes to the horizontal stack). Both at row i
+        depend on rows <= i of v; the second on rows < i only (it is shifted down)."""
+        k = self.k
+        v_pre = self.v_conv(F.pad(v, (k, k, k, 0)))  # (B, 2C, H, W): rows i-k..i
+        above = self.link(down_shift(v_pre))  # (B, 2C, H, W): rows < i only reach the horizontal stack
+        if cond is not None:  # added after the link, so the horizontal stack gets it once
+            v_pre = v_pre + cond
+        return gate(v_pre), above  # (B, C, H, W), (B, 2C, H, W)
+
+    def horizontal(self, h: torch.Tensor, above: torch.Tensor,
+                   cond: torch.Tensor | None = None) -> torch.Tensor:
+        """The horizontal stack, given `above` from `vertical`: h' at (i, j) depends on h at
+        columns <= j of row i and on `above` (and `cond`) at (i, j) only, so it can run on a part
+        of a row (columns 0..j, with `above` and a spatial `cond` cut to match) and give the
+        same values there as on the whole grid."""
         k = self.k
         W = h.shape[-1]
-        v_pre = self.v_conv(F.pad(v, (k, k, k, 0)))  # (B, 2C, H, W): rows i-k..i
         h_in = F.pad(h, (k, 0, 0, 0))  # (B, C_in, H, W + k): k zero columns on the left
-        h_pre = self.h_conv(h_in)[..., :W]  # (B, 2C, H, W): columns j-k..j (first: j-k..j-1)
-        h_pre = h_pre + self.link(down_shift(v_pre))  # rows < i only reach the horizontal stack
-        if cond is not None:  # (B, 2C, 1, 1) or (B, 2C, H, W): added after the link, so once
-            v_pre = v_pre + cond
+        h_pre = self.h_conv(h_in)[..., :W] + above  # (B, 2C, H, W): columns j-k..j (first: j-k..j-1)
+        if cond is not None:
             h_pre = h_pre + cond
-        v = gate(v_pre)  # (B, C, H, W)
         out = self.h_out(gate(h_pre))  # (B, C, H, W)
         # no residual on the first layer: its input at (i, j) is the token at (i, j) itself
-        h = out if self.first else h + out
-        return v, h
+        return out if self.first else h + out

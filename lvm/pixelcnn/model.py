@@ -15,11 +15,13 @@ The contract every grid model here keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lvm.blocks.distributions import sample_categorical
 from lvm.blocks.masked import GatedLayer, MaskedConv2d
 
 
@@ -74,26 +76,36 @@ class GridModel(nn.Module):
         return {"loss": F.cross_entropy(self.logits(x).float(), x.long())}  # float32 under autocast too
 
     @torch.no_grad()
-    def sample(self, n: int, shape: tuple[int, int] | None = None) -> torch.Tensor:
+    def sample(self, n: int, shape: tuple[int, int] | None = None, temperature: float = 1.0) -> torch.Tensor:
         """n grids (of the configured shape, unless given) drawn position by position in raster
-        order: H * W forward passes, each batched over all n samples."""
+        order, each position's logits batched over all n samples; `temperature` divides the
+        logits (0: argmax)."""
         H, W = shape or self.cfg.shape
         was_training = self.training
         self.eval()
-        r = self.reach
         x = torch.zeros(n, H, W, dtype=torch.long, device=self.embed.weight.device)
         for i in range(H):
+            logits_at = self.row_logits(x, i)
             for j in range(W):
-                # The pass runs on the window the logits at (i, j) can see: rows i-r..i, columns
-                # j-r..j+r. Features near the window's edges come out wrong (zero padding where
-                # the grid has tokens), but (i, j) depends on none of them, so its logits are
-                # exact (tested), at a fraction of the cost of the whole grid.
-                top, left = max(0, i - r), max(0, j - r)
-                window = x[:, top : i + 1, left : j + r + 1]  # (n, <= r+1, <= 2r+1)
-                logits = self.logits(window)[:, :, i - top, j - left]  # (n, levels)
-                x[:, i, j] = torch.multinomial(F.softmax(logits, dim=1), 1).squeeze(1)
+                x[:, i, j] = sample_categorical(logits_at(j), temperature)  # (n,)
         self.train(was_training)
         return x  # (n, H, W)
+
+    def row_logits(self, x: torch.Tensor, i: int) -> Callable[[int], torch.Tensor]:
+        """For sampling row i of x (n, H, W), whose rows < i and columns < j of row i are drawn:
+        a function j -> the logits (n, levels) at (i, j). Here, one pass per position on the
+        window the logits at (i, j) can see: rows i-r..i, columns j-r..j+r. Features near the
+        window's edges come out wrong (zero padding where the grid has tokens), but (i, j)
+        depends on none of them, so its logits are exact (tested), at a fraction of the cost
+        of the whole grid."""
+        r = self.reach
+
+        def at(j: int) -> torch.Tensor:
+            top, left = max(0, i - r), max(0, j - r)
+            window = x[:, top : i + 1, left : j + r + 1]  # (n, <= r+1, <= 2r+1)
+            return self.logits(window)[:, :, i - top, j - left]  # (n, levels)
+
+        return at
 
 
 class ResidualBlock(nn.Module):
@@ -154,6 +166,26 @@ class GatedPixelCNN(GridModel):
         for layer in self.layers:
             v, h = layer(v, h)  # (B, C, H, W) each
         return self.head(h)  # (B, levels, H, W): only the horizontal stack is read out
+
+    def row_logits(self, x: torch.Tensor, i: int) -> Callable[[int], torch.Tensor]:
+        """Sampling with the vertical stack cached per row. What the vertical stack passes down
+        to row i depends on rows i-r..i-1 only, all drawn by then: it is computed once per
+        row, on those rows. Each position (i, j) then runs only the horizontal stack, on
+        columns 0..j of row i, which is all it depends on: the same logits as a pass over the
+        whole grid (tested)."""
+        top = max(0, i - self.reach)
+        v = self.embed(x[:, top : i + 1]).permute(0, 3, 1, 2)  # (n, E, i+1-top, W): row i not drawn, unseen
+        above = []
+        for layer in self.layers:
+            v, a = layer.vertical(v)  # (n, C, i+1-top, W), (n, 2C, i+1-top, W)
+            above.append(a[:, :, -1:])  # (n, 2C, 1, W): row i's input from the rows above
+
+        def at(j: int) -> torch.Tensor:
+            h = self.embed(x[:, i : i + 1, : j + 1]).permute(0, 3, 1, 2)  # (n, E, 1, j+1)
+            for layer, a in zip(self.layers, above):
+                h = layer.horizontal(h, a[..., : j + 1])  # (n, C, 1, j+1)
+            return self.head(h[..., j:])[:, :, 0, 0]  # (n, levels): the head is 1x1, one column
+        return at
 
 
 def build(cfg: PixelCNNConfig) -> GridModel:

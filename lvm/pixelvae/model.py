@@ -169,7 +169,8 @@ class PixelVAE(nn.Module):
         recon = F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)  # (B,)
         kl = gaussian_kl(mu, log_std)  # (B,)
         loss = recon + kl.clamp(min=self.cfg.free_bits)  # (B,): no gradient to KL below the floor
-        return {"loss": loss.mean(), "recon_loss": recon.mean(), "kl_loss": kl.mean()}
+        # neg_elbo is the true -ELBO (recon + KL): the free-bits floor is only in what is minimised
+        return {"loss": loss.mean(), "neg_elbo": (recon + kl).mean(), "recon_loss": recon.mean(), "kl_loss": kl.mean()}
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

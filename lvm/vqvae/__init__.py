@@ -71,7 +71,7 @@ MODEL = ModelSpec(
     assemble=lambda cfg, stages: VQVAEWithPrior(*stages),
     figures=draw,
     summarise=usage,
-    variants={"gated": {"prior": "gated"}},
+    variants={"gated": {"prior": "gated"}, "transformer": {"prior": "transformer"}},
     official={
         "svhn": {"loss": 0.0286, "prior_nll": 1.9440},
         "cifar10": {"loss": 0.0474, "prior_nll": 2.7528},

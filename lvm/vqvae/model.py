@@ -24,6 +24,7 @@ from torch import nn
 from lvm.engine.data import to_unit
 from lvm.pixelcnn.model import PixelCNNConfig, build
 from lvm.vqvae.quantizer import RESTART_WINDOW, VectorQuantizer
+from lvm.vqvae.transformer import TransformerPrior, TransformerPriorConfig
 
 
 @dataclass
@@ -43,7 +44,7 @@ class VQVAEConfig:
     channels: int = 3  # image channels C (1 for Fashion-MNIST, 3 for colour)
     width: int | None = None  # layer width; none = code_dim. Tests shrink it to run fast
     # The second stage: a prior over the 8x8 grids of code indices, trained on the training set's codes
-    prior: Literal["pixelcnn", "gated"] = "pixelcnn"  # PixelCNN (course Q3) or Gated PixelCNN (Q4a)
+    prior: Literal["pixelcnn", "gated", "transformer"] = "pixelcnn"  # PixelCNN (course Q3), Gated PixelCNN (Q4a) or a transformer
     prior_epochs: int = 15  # epochs of the prior stage (the course's)
 
 
@@ -111,11 +112,16 @@ class VQVAE(nn.Module):
         return self.decode_indices(self.encode(x))
 
 
+PRIORS = ("pixelcnn", "gated", "transformer")  # the course's Q3 and Q4a priors, and ours (issue 15)
+
+
 def make_prior(kind: str, levels: int, **overrides) -> nn.Module:
-    """A prior over 8x8 grids of `levels` code indices, at the course's widths unless overridden:
-    "pixelcnn" (Q3) or "gated" (Q4a)."""
-    if kind not in ("pixelcnn", "gated"):
-        raise ValueError(f"unknown prior {kind!r}; choose pixelcnn or gated")
+    """A prior over 8x8 grids of `levels` code indices, at its default widths unless overridden:
+    "pixelcnn" (the course's Q3), "gated" (Q4a) or "transformer" (`lvm.vqvae.transformer`)."""
+    if kind not in PRIORS:
+        raise ValueError(f"unknown prior {kind!r}; choose one of: {', '.join(PRIORS)}")
+    if kind == "transformer":
+        return TransformerPrior(TransformerPriorConfig(levels=levels, shape=VQVAE.code_grid, **overrides))
     return build(PixelCNNConfig(levels=levels, shape=VQVAE.code_grid, gated=kind == "gated", **overrides))
 
 
@@ -135,9 +141,10 @@ class VQVAEWithPrior(nn.Module):
         self.vqvae, self.prior = vqvae, prior
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        """n images (n, C, 32, 32) in [-1, 1]: code grids drawn from the prior, decoded."""
-        codes = self.prior.sample(n).to(next(self.vqvae.parameters()).device)  # (n, 8, 8)
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """n images (n, C, 32, 32) in [-1, 1]: code grids drawn from the prior (its logits
+        divided by `temperature`; 0 = argmax), decoded."""
+        codes = self.prior.sample(n, temperature=temperature).to(next(self.vqvae.parameters()).device)  # (n, 8, 8)
         return self.vqvae.decode_indices(codes)
 
     @torch.no_grad()

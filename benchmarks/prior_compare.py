@@ -1,0 +1,148 @@
+"""The three priors over the SAME VQ-VAE codes, at equal epochs: the plain PixelCNN (course Q3),
+the Gated PixelCNN (Q4a) and the transformer prior (`lvm.vqvae.transformer`). A preliminary
+comparison on a small CPU budget; the final table comes from `lvm run` later.
+
+The VQ-VAE (the course's, `VQVAEConfig` defaults) is trained once with the one trainer and the
+codes of train and test are saved to `--codes`; a later call with the same file reuses them, so
+variants added later (`--append`) are trained on exactly the same grids. Every prior then trains
+with the same TrainConfig (batch 128, Adam 1e-3 constant, clip 1: what `lvm run vqvae` gives its
+prior). Reported per prior: test NLL after every epoch (nats per code, and bits), the last
+epoch's mean training loss, parameters, training seconds, seconds to sample 100 grids.
+
+    python benchmarks/prior_compare.py                      # the three priors at course sizes
+    python benchmarks/prior_compare.py --append --priors transformer:dropout=0.1 \\
+        transformer:n_layer=12,d_model=192,n_head=6        # variants, on the same codes
+
+A prior is `kind` or `kind:field=value,...` with fields of its config (make_prior's overrides
+for pixelcnn and gated; TransformerPriorConfig's for transformer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from lvm.engine import data as datasets
+from lvm.engine.train import TrainConfig, fit
+from lvm.vqvae.model import make_prior
+from lvm.vqvae import codebook_usage, encode_all
+from lvm.vqvae.model import VQVAE, VQVAEConfig
+from lvm.vqvae.transformer import TransformerPrior, TransformerPriorConfig
+
+
+def cpu_flags() -> dict:
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    line = lambda key: next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith(key)), "")  # noqa: E731
+    flags = [f for f in line("flags").split() if f.startswith(("avx", "fma", "amx"))]
+    return {"cpu": line("model name") or platform.processor(), "flags": flags}
+
+
+def parse_value(v: str):
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def build(spec: str, levels: int, shape: tuple[int, int]) -> torch.nn.Module:
+    kind, _, rest = spec.partition(":")
+    overrides = {k: parse_value(v) for k, v in (kv.split("=") for kv in rest.split(",") if kv)}
+    if kind == "transformer":
+        return TransformerPrior(TransformerPriorConfig(levels=levels, shape=shape, **overrides))
+    return make_prior(kind, levels, **overrides)
+
+
+def get_codes(args) -> dict:
+    path = Path(args.codes)
+    if path.exists():
+        saved = torch.load(path)
+        if saved["setup"] != setup(args):
+            sys.exit(f"{path} holds codes of another setup {saved['setup']}; pass another --codes")
+        return saved
+    data = datasets.load(args.dataset, train_limit=args.train_limit, test_limit=args.test_limit, download=False)
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig(channels=data.info.channels))
+    start = time.perf_counter()
+    history = fit(vqvae, data.train[: args.vqvae_train], data.test,
+                  TrainConfig(epochs=args.vqvae_epochs, grad_clip=1.0, device="cpu"), desc="vqvae")
+    seconds = time.perf_counter() - start
+    train, test = encode_all(vqvae, data.train), encode_all(vqvae, data.test)  # (N, 8, 8) each
+    saved = {"setup": setup(args), "train": train, "test": test, "vqvae": {
+        "images": args.vqvae_train, "epochs": args.vqvae_epochs, "seconds": round(seconds, 1),
+        "test": {k: v[-1] for k, v in history.test.items()},
+        "test_codebook": codebook_usage(test, vqvae.cfg.num_codes), "num_codes": vqvae.cfg.num_codes}}
+    torch.save(saved, path)
+    return saved
+
+
+def setup(args) -> dict:
+    return {"dataset": args.dataset, "train_limit": args.train_limit, "test_limit": args.test_limit,
+            "vqvae_train": args.vqvae_train, "vqvae_epochs": args.vqvae_epochs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="fashion-mnist")
+    parser.add_argument("--train-limit", type=int, default=5000, help="training grids for the priors")
+    parser.add_argument("--test-limit", type=int, default=1000)
+    parser.add_argument("--vqvae-train", type=int, default=5000, help="images the VQ-VAE trains on")
+    parser.add_argument("--vqvae-epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs of every prior")
+    parser.add_argument("--priors", nargs="+", default=["pixelcnn", "gated", "transformer"])
+    parser.add_argument("--codes", default="/tmp/lvm-prior-compare-codes.pt")
+    parser.add_argument("--out", default=None, help="default: figures/vqvae/priors-compare-DATASET.json")
+    parser.add_argument("--append", action="store_true", help="add to the priors already in --out")
+    args = parser.parse_args()
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    out = Path(args.out or f"figures/vqvae/priors-compare-{args.dataset}.json")
+    codes = get_codes(args)
+    train, test = codes["train"], codes["test"]  # (N, 8, 8) int64
+    levels, shape = codes["vqvae"]["num_codes"], tuple(train.shape[1:])
+    report = json.loads(out.read_text()) if args.append and out.exists() else {}
+    if report and report["setup"] != setup(args):
+        sys.exit(f"{out} holds another setup; drop --append or pass another --out")
+    report.update({
+        "what": "three priors trained on the same VQ-VAE codes for the same epochs (preliminary, CPU)",
+        "setup": setup(args), "vqvae": codes["vqvae"], "train_grids": len(train), "test_grids": len(test),
+        "device": f"cpu ({torch.get_num_threads()} threads)", **cpu_flags(), "torch": torch.__version__,
+    })
+    report.setdefault("priors", {})
+    report.setdefault("commands", []).append("python " + shlex.join(sys.argv))
+    cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, grad_clip=1.0, device="cpu")
+    for spec in args.priors:
+        torch.manual_seed(0)
+        model = build(spec, levels, shape)
+        start = time.perf_counter()
+        history = fit(model, train, test, cfg, desc=spec)
+        seconds = time.perf_counter() - start
+        model.eval()
+        start = time.perf_counter()
+        model.sample(100, shape)
+        sample_seconds = time.perf_counter() - start
+        nll = history.test["loss"]
+        per_epoch = math.ceil(len(train) / cfg.batch_size)
+        report["priors"][spec] = {
+            "config": {k: v for k, v in vars(model.cfg).items()},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "test_nll_nats": nll[-1], "test_nll_bits": nll[-1] / math.log(2),
+            "test_nll_by_epoch": [round(v, 4) for v in nll],
+            "train_loss_last_epoch": sum(history.train["loss"][-per_epoch:]) / per_epoch,
+            "epochs": args.epochs, "train_seconds": round(seconds, 1), "sample_100_seconds": round(sample_seconds, 2),
+        }
+        print(spec, report["priors"][spec], flush=True)
+        out.write_text(json.dumps(report, indent=2, default=list) + "\n")  # after each prior: partial runs count
+
+
+if __name__ == "__main__":
+    main()
