@@ -24,12 +24,14 @@ def test_plan_for_each_dataset():
         ("vlae", "shapes", "shapes", {}, None, ()),
         ("vqvae", "shapes", "shapes", {}, None, ()),
         ("vqvae", "shapes", "shapes-gated", {"prior": "gated"}, "shapes", ("vqvae",)),  # reuses the plain row's VQ-VAE
+        ("vqvae", "shapes", "shapes-transformer", {"prior": "transformer"}, "shapes", ("vqvae",)),
     ]
     assert rows("shapes") == images
     fashion = [tuple(x.replace("shapes", "fashion-mnist") if isinstance(x, str) else x for x in r) for r in images]
     assert rows("fashion-mnist") == fashion + [
         ("pixelcnn", "fashion-mnist-binary", "fashion-mnist-binary", {}, None, ()),
         ("pixelcnn", "fashion-mnist-binary", "fashion-mnist-binary-gated", {"gated": True}, None, ()),  # nothing to share
+        ("pixelvae", "fashion-mnist-binary", "fashion-mnist-binary", {}, None, ()),
     ]
     assert rows("gaussians-a1") == [("vae2d", "gaussians-a1", "gaussians-a1", {}, None, ())]
 
@@ -57,20 +59,23 @@ def test_tiny_table_on_shapes_trains_every_row_and_reuses_the_vqvae(tmp_path, mo
 
     monkeypatch.setattr(lvm.engine.train, "make_step", counting)
     figures = tmp_path / "figures"
-    r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--epochs", "1", "-o", "prior_epochs=1",
+    # -o code_dim=16: a narrow VQ-VAE (only vqvae has the field), so the rows cost seconds
+    r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--epochs", "1", "-o", "prior_epochs=1", "-o", "code_dim=16",
                                  "--train-limit", "64", "--test-limit", "32", "--device", "cpu",
                                  "--figures", str(figures)], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
-    assert lines[0] == "[1/4] vae on shapes ..." and lines[6] == "[4/4] vqvae on shapes (prior gated) ..."
+    assert lines[0] == "[1/5] vae on shapes ..." and lines[6] == "[4/5] vqvae on shapes (prior gated) ..."
+    assert lines[8] == "[5/5] vqvae on shapes (prior transformer) ..."
     assert lines[1].startswith("Final -ELBO: ") and lines[7].startswith("Final VQ-VAE Test Loss: ")
     assert lines[-1].startswith("total ") and lines[-1].endswith(f"{figures / 'table-shapes.json'}")
 
-    folders = ["vae/shapes", "vlae/shapes", "vqvae/shapes", "vqvae/shapes-gated"]
+    folders = ["vae/shapes", "vlae/shapes", "vqvae/shapes", "vqvae/shapes-gated", "vqvae/shapes-transformer"]
     for folder in folders:
         assert (figures / folder / "metrics.json").exists(), folder
-    # one VQ-VAE step (64 images, batch 128, 1 epoch) for the two vqvae rows: the gated row trained none
+    # one VQ-VAE step (64 images, batch 128, 1 epoch) for the three vqvae rows: the variants trained none
     assert steps["VQVAE"] == 1 and steps["PixelCNN"] == 1 and steps["GatedPixelCNN"] == 1
+    assert steps["TransformerPrior"] == 1
     plain = torch.load(figures / "vqvae/shapes/checkpoint.pt", weights_only=False)["stages"]
     gated = torch.load(figures / "vqvae/shapes-gated/checkpoint.pt", weights_only=False)["stages"]
     vq = plain["vqvae"]["model"]
@@ -85,7 +90,7 @@ def test_tiny_table_on_shapes_trains_every_row_and_reuses_the_vqvae(tmp_path, mo
     assert [row["out"] for row in summary["rows"]] == [str(figures / f) for f in folders]
     assert all(row["seconds"] > 0 and row["test"] for row in summary["rows"])
     assert summary["seconds"] >= sum(row["seconds"] for row in summary["rows"])
-    assert summary["rows"][3]["reused"] == {"vqvae": str(figures / "vqvae/shapes")}
+    assert summary["rows"][3]["reused"] == summary["rows"][4]["reused"] == {"vqvae": str(figures / "vqvae/shapes")}
     assert summary["device"].startswith("cpu") and summary["torch"] == torch.__version__
     assert summary["rows"][1]["test"] == json.loads((figures / "vlae/shapes/metrics.json").read_text())["test"]
 

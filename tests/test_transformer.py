@@ -182,8 +182,7 @@ def any_prior(kind: str):
     if kind == "transformer":
         return shaken(tiny(levels=5, shape=(5, 6)))
     torch.manual_seed(0)
-    key = "n_blocks" if kind == "pixelcnn" else "n_layers"
-    return make_prior(kind, 5, embed_dim=4, channels=8, head_channels=8, **{key: 2}).eval()
+    return make_prior(kind, 5, embed_dim=4, channels=8, head_channels=8, layers=2).eval()
 
 
 @pytest.mark.parametrize("kind", ["pixelcnn", "gated", "transformer"])

@@ -186,8 +186,8 @@ class StandInPrior(nn.Module):
         return {"loss": F.cross_entropy(logits, codes)}
 
     @torch.no_grad()
-    def sample(self, n: int) -> torch.Tensor:
-        probs = self.logits.softmax(0).permute(1, 2, 0).reshape(-1, self.levels)  # (H*W, K)
+    def sample(self, n: int, shape=None, temperature: float = 1.0) -> torch.Tensor:
+        probs = (self.logits / temperature).softmax(0).permute(1, 2, 0).reshape(-1, self.levels)  # (H*W, K)
         return torch.multinomial(probs, n, replacement=True).t().reshape(n, *self.logits.shape[1:])  # (n, H, W)
 
 

@@ -507,11 +507,19 @@ class CoursePickle(Store):
             except Missing as e:
                 e.pickle = path
                 raise
-        bundle = read_pickle(path, "the course's pickle")
-        if not isinstance(bundle, dict) or not {"train", "test"} <= set(bundle):
-            raise UserError(f"{path}: not the course's pickle (expected a dict with 'train' and 'test')")
-        channels = self.fallback.channels
-        return _images(bundle["train"], path, "train", channels), _images(bundle["test"], path, "test", channels)
+        return read_course_pickle(path, self.fallback.channels)
+
+
+def read_course_pickle(path: Path, channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A course pickle: a dict of "train" and "test" uint8 arrays N x H x W x C, checked (one
+    line naming the file otherwise); `channels` None takes C from the train array."""
+    bundle = read_pickle(path, "the course's pickle")
+    if not isinstance(bundle, dict) or not {"train", "test"} <= set(bundle):
+        raise UserError(f"{path}: not the course's pickle (expected a dict with 'train' and 'test')")
+    if channels is None:
+        shape = getattr(bundle["train"], "shape", ())
+        channels = shape[-1] if len(shape) == 4 and shape[-1] in (1, 3) else 3
+    return _images(bundle["train"], path, "train", channels), _images(bundle["test"], path, "test", channels)
 
 
 # ----------------------------------------------------------------------------- the registry
