@@ -114,3 +114,52 @@ def test_random_arguments_never_traceback(tmp_path, args, model):
         if r.exit_code == 2:
             assert not Path(cwd, "out", "metrics.json").exists()
         assert {p.name for p in Path(cwd).iterdir()} <= {"out"}, "wrote outside --out"
+
+
+# The second fuzz (issue 14): resume and overwrite against a folder that may hold a finished run,
+# seeds at the edges of what a generator takes, test sets of 1 to 19 images for a model that
+# draws interpolations, and pictures asked for under any name.
+TINY_VAE = ["-o", "latent_dim=2", "-o", "enc_widths=4,4,4,4", "-o", "dec_widths=4,4,4,4"]
+runs = st.fixed_dictionaries(
+    {"model": st.sampled_from(["vae2d", "vae"])},
+    optional={
+        "resume": st.booleans(),
+        "overwrite": st.booleans(),
+        "seed": st.sampled_from([-1, 0, 2**63 - 1, 2**63, 2**64]),
+        "test_limit": st.integers(1, 19),
+        "picture": st.sampled_from(["x.png", "x.PNG", "x.txt", "noext", "dir/", "sub/x.png"]),
+    },
+)
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=runs, finished_before=st.booleans())
+def test_resume_seeds_tiny_tests_and_picture_names_never_traceback(tmp_path, case, finished_before):
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path) as cwd:
+        model = case["model"]
+        base = ["run", model, "--out", "out", "--epochs", "1", "--train-limit", "64", "--device", "cpu"]
+        base += ["--dataset", "gaussians-b2"] if model == "vae2d" else ["--dataset", "shapes", *TINY_VAE]
+        if finished_before:
+            assert runner.invoke(cli, base).exit_code == 0
+        argv = list(base)
+        argv += ["--resume"] if case.get("resume") else []
+        argv += ["--overwrite"] if case.get("overwrite") else []
+        argv += ["--seed", str(case["seed"])] if "seed" in case else []
+        argv += ["--test-limit", str(case["test_limit"])] if "test_limit" in case else []
+        r = runner.invoke(cli, argv)
+        assert r.exit_code in (0, 2), (argv, r.output)
+        assert "Traceback" not in r.output, (argv, r.output)
+        if r.exit_code == 0:
+            assert json.loads(Path(cwd, "out", "metrics.json").read_text())["test"]
+        elif not finished_before:
+            assert not Path(cwd, "out", "metrics.json").exists()
+        if "picture" in case and Path(cwd, "out", "checkpoint.pt").exists():
+            r = runner.invoke(cli, ["sample", "--checkpoint", "out/checkpoint.pt", "-n", "4",
+                                    "--out", case["picture"]])
+            assert r.exit_code in (0, 2), r.output
+            assert "Traceback" not in r.output, r.output
+            if r.exit_code == 0:
+                written = r.output.strip().split()[-1]
+                assert Path(cwd, written).read_bytes()[:4] == b"\x89PNG", r.output
+        assert {p.name for p in Path(cwd).iterdir()} <= {"out", "x.png", "x.PNG", "sub"}, "wrote outside"

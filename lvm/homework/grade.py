@@ -544,12 +544,16 @@ def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: i
 
 
 def grade_source(source: str, questions: list[str], train_sizes: dict[str, int] | None = None,
-                 timeout: float = 600, echo: Callable[[Result], None] | None = None) -> list[Result]:
+                 timeout: float = 600, echo: Callable[[Result], None] | None = None,
+                 announce: Callable[[str], None] | None = None) -> list[Result]:
     """Grade `questions` of a file (its path) or of the reference solutions ("reference"), one
-    child process each; `echo` is called with each result as it comes."""
+    child process each; `announce` is called with each question's name as it starts (a question
+    may train for minutes), `echo` with each result as it comes."""
     sizes = {**TRAIN_SIZES, **(train_sizes or {})}
     results = []
     for name in questions:
+        if announce:
+            announce(name)
         results.append(run_question(source, name, sizes[name], timeout))
         if echo:
             echo(results[-1])
@@ -603,6 +607,9 @@ def grade(path, reference, questions, train_size, timeout, show_output):
                    f"{', '.join(s.function for s in QUESTIONS.values())}")
         sys.exit(1)
     sizes = {q: train_size for q in chosen} if train_size else None
-    results = grade_source(source, chosen, sizes, timeout, echo=lambda r: click.echo(format_result(r, show_output)))
+    started = time.perf_counter()
+    results = grade_source(source, chosen, sizes, timeout, echo=lambda r: click.echo(format_result(r, show_output)),
+                           announce=lambda name: click.echo(f"... running {name} (limit {timeout:.0f} s; "
+                                                            f"{time.perf_counter() - started:.0f} s so far)"))
     click.echo(f"{sum(r.passed for r in results)} of {len(results)} questions pass")
     sys.exit(0 if all(r.passed for r in results) else 1)

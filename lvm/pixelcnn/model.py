@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tqdm.auto import tqdm
+
 from lvm.blocks.distributions import sample_categorical
 from lvm.blocks.masked import GatedLayer, MaskedConv2d
 
@@ -84,7 +86,7 @@ class GridModel(nn.Module):
         was_training = self.training
         self.eval()
         x = torch.zeros(n, H, W, dtype=torch.long, device=self.embed.weight.device)
-        for i in range(H):
+        for i in tqdm(range(H), desc="sampling", unit="row", leave=False, disable=None):  # shown on a terminal only
             logits_at = self.row_logits(x, i)
             for j in range(W):
                 x[:, i, j] = sample_categorical(logits_at(j), temperature)  # (n,)

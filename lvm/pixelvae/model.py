@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lvm.blocks.distributions import gaussian_kl, reparameterize
 from lvm.blocks.masked import GatedLayer
@@ -186,7 +187,7 @@ class PixelVAE(nn.Module):
             return x
         r = self.decoder.reach
         x = torch.zeros(len(z), 1, H, W, device=z.device)
-        for i in range(H):
+        for i in tqdm(range(H), desc="sampling", unit="row", leave=False, disable=None):  # shown on a terminal only
             for j in range(W):
                 # The pass runs on the window the logit at (i, j) can see (rows i-r..i, columns
                 # j-r..j+r), as GridModel.sample does: features near the window's edges come out

@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lvm.engine.data import to_unit
 from lvm.pixelcnn.model import PixelCNNConfig, build
@@ -130,7 +131,8 @@ def encode_all(model: VQVAE, x: torch.Tensor, batch_size: int = 256) -> torch.Te
     """uint8 images (N, C, 32, 32) -> code grids (N, 8, 8) on the CPU, in batches."""
     model.eval()
     device = next(model.parameters()).device
-    return torch.cat([model.encode(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
+    starts = tqdm(range(0, len(x), batch_size), desc="encoding", unit="batch", leave=False, disable=None)  # shown on a terminal only
+    return torch.cat([model.encode(x[i : i + batch_size].to(device)).cpu() for i in starts])
 
 
 class VQVAEWithPrior(nn.Module):

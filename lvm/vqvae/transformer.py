@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from lvm.blocks.distributions import sample_categorical
 
@@ -190,7 +191,7 @@ class TransformerPrior(nn.Module):
         caches = self.new_caches(n)
         token = torch.full((n,), self.start, dtype=torch.long, device=self.head.weight.device)  # (n,)
         codes = []
-        for _ in range(self.length):
+        for _ in tqdm(range(self.length), desc="sampling", unit="code", leave=False, disable=None):  # shown on a terminal only
             token = sample_categorical(self.step(token, caches), temperature)  # (n,)
             codes.append(token)
         self.train(was_training)
