@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from lvm.engine import train
 from lvm.engine.data import load
 from lvm.engine.plotting import plot_training, save_image_grid, save_reconstructions
 from lvm.engine.train import TrainConfig, fit
@@ -38,14 +39,9 @@ LABELS = {"loss": "recon + max(KL, free bits)", "recon_loss": "recon", "kl_loss"
 
 
 def cpu_flags() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-    except OSError:
-        pass
-    return platform.machine()
+    """The flags that decide CPU speed here, for the JSON (`lvm.engine.train.cpu_flags` reads them)."""
+    flags = train.cpu_flags()
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or platform.machine()
 
 
 def binary_28(train_limit: int | None, test_limit: int | None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,6 +1,7 @@
 """The three priors over the SAME VQ-VAE codes, at equal epochs: the plain PixelCNN (course Q3),
-the Gated PixelCNN (Q4a) and the transformer prior (`lvm.vqvae.transformer`). A preliminary
-comparison on a small CPU budget; the final table comes from `lvm run` later.
+the Gated PixelCNN (Q4a) and the transformer prior (`lvm.vqvae.transformer`): the README's
+table of priors, at a small CPU budget, written to figures/vqvae/priors-DATASET.json with the
+three priors' samples side by side in figures/vqvae/priors-DATASET.png.
 
 The VQ-VAE (the course's, `VQVAEConfig` defaults) is trained once with the one trainer and the
 codes of train and test are saved to `--codes`; a later call with the same file reuses them, so
@@ -66,7 +67,7 @@ def build(spec: str, levels: int, shape: tuple[int, int]) -> torch.nn.Module:
 def get_codes(args) -> dict:
     path = Path(args.codes)
     if path.exists():
-        saved = torch.load(path)
+        saved = torch.load(path, weights_only=False)
         if saved["setup"] != setup(args):
             sys.exit(f"{path} holds codes of another setup {saved['setup']}; pass another --codes")
         return saved
@@ -81,9 +82,33 @@ def get_codes(args) -> dict:
     saved = {"setup": setup(args), "train": train, "test": test, "vqvae": {
         "images": args.vqvae_train, "epochs": args.vqvae_epochs, "seconds": round(seconds, 1),
         "test": {k: v[-1] for k, v in history.test.items()},
-        "test_codebook": codebook_usage(test, vqvae.cfg.num_codes), "num_codes": vqvae.cfg.num_codes}}
+        "test_codebook": codebook_usage(test, vqvae.cfg.num_codes), "num_codes": vqvae.cfg.num_codes},
+        "vqvae_state": vqvae.state_dict(), "channels": data.info.channels}
     torch.save(saved, path)
     return saved
+
+
+def side_by_side(drawn: dict, path: Path, dataset: str) -> Path:
+    """One figure: each prior's 100 samples (decoded by the same VQ-VAE) in a panel of its own."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from torchvision.utils import make_grid
+
+    from lvm.engine.data import from_unit
+
+    fig, axes = plt.subplots(1, len(drawn), figsize=(6.2 * len(drawn), 6.8))
+    for ax, (name, (images, nll, params)) in zip(list(axes) if len(drawn) > 1 else [axes], drawn.items()):
+        grid = make_grid(from_unit(images.float()), nrow=10, padding=2, pad_value=1.0)  # (C, H, W)
+        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
+        ax.set_title(f"{name}: {nll:.4f} nats/code, {params / 1e6:.2f} M parameters", fontsize=12)
+        ax.axis("off")
+    fig.suptitle(f"VQ-VAE on {dataset}: 100 samples from each prior, trained on the same codes", fontsize=14)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
 
 
 def setup(args) -> dict:
@@ -105,7 +130,7 @@ def main() -> None:
     parser.add_argument("--append", action="store_true", help="add to the priors already in --out")
     args = parser.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
-    out = Path(args.out or f"figures/vqvae/priors-compare-{args.dataset}.json")
+    out = Path(args.out or f"figures/vqvae/priors-{args.dataset}.json")
     codes = get_codes(args)
     train, test = codes["train"], codes["test"]  # (N, 8, 8) int64
     levels, shape = codes["vqvae"]["num_codes"], tuple(train.shape[1:])
@@ -113,13 +138,18 @@ def main() -> None:
     if report and report["setup"] != setup(args):
         sys.exit(f"{out} holds another setup; drop --append or pass another --out")
     report.update({
-        "what": "three priors trained on the same VQ-VAE codes for the same epochs (preliminary, CPU)",
+        "what": "three priors trained on the same VQ-VAE codes for the same epochs (CPU)",
         "setup": setup(args), "vqvae": codes["vqvae"], "train_grids": len(train), "test_grids": len(test),
         "device": f"cpu ({torch.get_num_threads()} threads)", **cpu_flags(), "torch": torch.__version__,
     })
     report.setdefault("priors", {})
     report.setdefault("commands", []).append("python " + shlex.join(sys.argv))
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, grad_clip=1.0, device="cpu")
+    vqvae, drawn = None, {}
+    if "vqvae_state" in codes:  # codes saved by this version also keep the VQ-VAE, to decode samples
+        vqvae = VQVAE(VQVAEConfig(channels=codes["channels"]))
+        vqvae.load_state_dict(codes["vqvae_state"])
+        vqvae.eval()
     for spec in args.priors:
         torch.manual_seed(0)
         model = build(spec, levels, shape)
@@ -128,8 +158,11 @@ def main() -> None:
         seconds = time.perf_counter() - start
         model.eval()
         start = time.perf_counter()
-        model.sample(100, shape)
+        grids = model.sample(100, shape)  # (100, 8, 8)
         sample_seconds = time.perf_counter() - start
+        if vqvae is not None:
+            drawn[spec] = (vqvae.decode_indices(grids), nll[-1] if (nll := history.test["loss"]) else None,
+                           sum(p.numel() for p in model.parameters()))
         nll = history.test["loss"]
         per_epoch = math.ceil(len(train) / cfg.batch_size)
         report["priors"][spec] = {
@@ -142,6 +175,9 @@ def main() -> None:
         }
         print(spec, report["priors"][spec], flush=True)
         out.write_text(json.dumps(report, indent=2, default=list) + "\n")  # after each prior: partial runs count
+    if drawn and not args.append:  # the figure shows the priors of one call side by side
+        report["samples_png"] = str(side_by_side(drawn, out.with_suffix(".png"), args.dataset))
+        out.write_text(json.dumps(report, indent=2, default=list) + "\n")
 
 
 if __name__ == "__main__":

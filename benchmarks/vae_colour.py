@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 
 from lvm.blocks.distributions import gaussian_kl
+from lvm.engine import train
 from lvm.engine.data import from_unit, load, to_unit
 from lvm.engine.plotting import save_reconstructions
 from lvm.engine.train import TrainConfig, fit
@@ -198,14 +199,9 @@ def measure(model: VAE, train: torch.Tensor, test: torch.Tensor) -> dict:
 
 
 def cpu_flags() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("flags"):
-                flags = line.split(":", 1)[1].split()
-                return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-    except OSError:
-        pass
-    return platform.machine()
+    """The flags that decide CPU speed here, for the JSON (`lvm.engine.train.cpu_flags` reads them)."""
+    flags = train.cpu_flags()
+    return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or platform.machine()
 
 
 def main() -> None:
