@@ -107,7 +107,7 @@ def limit_options(command):
 @click.group(cls=Group)
 @click.version_option(package_name="lvm")
 def cli():
-    """Latent-variable models: VAE, VLAE, VQ-VAE and PixelCNN, trained and reported the course's way."""
+    """Latent-variable models: VAE, VLAE, VQ-VAE (three priors), PixelCNN and PixelVAE, trained and reported the course's way."""
 
 
 @cli.command()
