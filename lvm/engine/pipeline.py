@@ -210,9 +210,15 @@ def _claim(out: Path) -> Iterator[None]:
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
+        holder = ""
+        for _ in range(20):  # the holder writes its pid just after taking the lock: give it a moment
+            lock.seek(0)
+            holder = lock.read().strip()
+            if holder:
+                break
+            time.sleep(0.05)
         lock.close()
+        holder = holder or "another process"
         raise UserError(f"{out} is in use by another lvm run ({holder}); wait for it, or choose another --out") from None
     lock.seek(0)
     lock.truncate()
