@@ -13,7 +13,9 @@ import torch.multiprocessing as mp
 from lvm.engine.train import TrainConfig, fit, init_distributed
 from tests.test_train import Regression, regression_data
 
-CFG = dict(epochs=3, batch_size=32, lr=0.05, device="cpu", log_every=2)
+# float32: under bf16 autocast (the default on a CPU with bf16 units) one process and two round
+# differently, and the curves part by more than float rounding
+CFG = dict(epochs=3, batch_size=32, lr=0.05, device="cpu", log_every=2, amp="off")
 
 
 def _free_port() -> int:
