@@ -6,7 +6,7 @@ TensorDataset, a shuffling DataLoader, Adam 1e-3, batch 128. Only the data slice
 `lvm.engine.data.load`, so both see exactly the same images.
 
     OMP_NUM_THREADS=1 python benchmarks/course_reference.py --dataset shapes --epochs 5 \
-        --train-limit 10000 --test-limit 2000 --out figures/vae/shapes/budget-8000x4/reference.json
+        --train-limit 10000 --test-limit 2000 --out figures/vae/shapes-course/budget-8000x4/reference.json
 """
 
 from __future__ import annotations

@@ -9,6 +9,15 @@ shared trainer and measures what the latent holds, for one training variant per 
                 (Bowman et al. 2016, "Generating Sentences from a Continuous Space"; Sonderby
                 et al. 2016, "Ladder Variational Autoencoders")
 
+and, on top of any variant, a change to the network (the course's is `--init default --norm none`):
+
+    --init he          He et al. 2015 initialisation (variance-preserving for ReLU), biases 0
+    --norm batch       a BatchNorm (Ioffe & Szegedy 2015) between every hidden conv and its ReLU,
+                       what `lvm.vae` now does by default (`VAEConfig.norm`)
+    --norm meanonly    only the centring of BatchNorm (Salimans & Kingma 2016), no rescaling
+    --norm group       GroupNorm with one group: normalised per image, not across the batch
+    --norm-where       encoder, decoder or both (the default)
+
 The metric (issue 12): the background colour error. In `make_shapes` every background channel is
 drawn in [0, 90] and every shape channel in [110, 255], so a pixel is background exactly when
 its largest channel is below 100. The true background colour of an image is the colour of those
@@ -26,6 +35,10 @@ does with it.
 
     OMP_NUM_THREADS=1 python benchmarks/vae_colour.py --variant course --train-limit 8000 \
         --epochs 4 --out figures/colour/course-8000x4.json
+    OMP_NUM_THREADS=1 python benchmarks/vae_colour.py --norm batch --train-limit 20000 \
+        --epochs 4 --out figures/colour/norm-batch-20000x4.json
+    python benchmarks/vae_colour.py --checkpoint runs/vae/shapes/checkpoint.pt \
+        --out figures/colour/run-vae-shapes.json      # a trained run, on its whole test set
 """
 
 from __future__ import annotations
@@ -97,6 +110,63 @@ class ScheduledVAE(VAE):
         return terms
 
 
+def he_init(model: torch.nn.Module) -> None:
+    """He et al. 2015 ("Delving Deep into Rectifiers") for every conv, transposed conv and linear
+    layer: weights N(0, 2 / fan_in), biases 0, where fan_in counts the inputs that really reach
+    one output (for a stride-s transposed conv, in_channels * k * k / s^2). PyTorch's default
+    (uniform, variance 1 / (3 fan_in)) shrinks a ReLU net's signal about 6-fold in variance per
+    layer; this keeps it."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.ConvTranspose2d):
+            fan_in = m.in_channels * m.kernel_size[0] * m.kernel_size[1] / (m.stride[0] * m.stride[1])
+        elif isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            fan_in = m.weight[0].numel()
+        else:
+            continue
+        torch.nn.init.normal_(m.weight, 0.0, (2.0 / fan_in) ** 0.5)
+        torch.nn.init.zeros_(m.bias)
+
+
+class MeanOnlyBatchNorm(torch.nn.BatchNorm2d):
+    """Mean-only batch normalisation (Salimans & Kingma 2016, "Weight Normalization"): takes off
+    each channel's batch mean (its running mean in eval) and adds a learned bias; no rescaling."""
+
+    def __init__(self, channels: int):
+        super().__init__(channels, affine=False)
+        self.bias_ = torch.nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            mean = x.mean((0, 2, 3))
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+        else:
+            mean = self.running_mean
+        return x - mean[:, None, None] + self.bias_[:, None, None]
+
+
+NORMS = {
+    "batch": torch.nn.BatchNorm2d,
+    "meanonly": MeanOnlyBatchNorm,
+    "group": lambda c: torch.nn.GroupNorm(1, c),  # per image: no batch statistics
+}
+
+
+def add_norm(model: torch.nn.Module, kind: str, where: str = "both") -> None:
+    """A normalisation after every conv (or transposed conv) that a ReLU follows, as the VQ-VAE
+    has, in the encoder, the decoder or both."""
+    nets = {"encoder": (model.encoder.net,), "decoder": (model.decoder.net,), "both": (model.encoder.net, model.decoder.net)}
+    for seq in nets[where]:
+        layers = []
+        for m in seq:
+            if isinstance(m, torch.nn.ReLU) and isinstance(layers[-1], (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                layers.append(NORMS[kind](layers[-1].out_channels))
+            layers.append(m)
+        seq._modules.clear()
+        for i, m in enumerate(layers):
+            seq.add_module(str(i), m)
+
+
 def background(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 shapes (N, 3, H, W) -> (mask (N, 1, H, W) float of background pixels, true
     background colour (N, 3) on [0, 255])."""
@@ -128,7 +198,10 @@ def decoder_chroma_fraction(model: VAE, z: torch.Tensor) -> float:
     preference gives about 2/3 (two of the three colour axes); a grey decoder 0."""
     torch.manual_seed(0)
     v = torch.randn_like(z)
+    was_training = model.training
+    model.eval()  # BatchNorm (--norm batch) may not update its statistics inside jvp
     _, jv = torch.func.jvp(model.decode, (z,), (v,))  # (B, 3, H, W)
+    model.train(was_training)
     chroma = jv - jv.mean(1, keepdim=True)
     return (chroma.pow(2).sum() / jv.pow(2).sum()).item()
 
@@ -154,6 +227,26 @@ def dead_units(model: VAE, x: torch.Tensor) -> dict[str, float]:
 
 def r2(pred: torch.Tensor, true: torch.Tensor) -> float:
     return (1 - (pred - true).pow(2).sum() / (true - true.mean(0)).pow(2).sum()).item()
+
+
+@torch.no_grad()
+def last_features_scale(model: VAE, x: torch.Tensor) -> dict[str, float]:
+    """The decoder's last hidden features (the input of its output conv) at the posterior means
+    of uniform-background test pixels: how much they vary across images (std over images of each
+    channel's mean over background pixels, averaged over channels) against their size (the mean
+    absolute value). The output conv can only make colour from that variation."""
+    feats = {}
+
+    def keep(module, inputs, output) -> None:  # returns None: the output stays as it is
+        feats["h"] = inputs[0]
+
+    hook = model.decoder.net[-1].register_forward_hook(keep)
+    model.reconstruct(x)
+    hook.remove()
+    h = feats["h"].float()  # (N, D, 32, 32)
+    mask, _ = background(x)
+    per_image = (h * mask).sum((2, 3)) / mask.sum((2, 3))  # (N, D)
+    return {"std_across_images": per_image.std(0).mean().item(), "mean_abs": h.abs().mean().item()}
 
 
 @torch.no_grad()
@@ -192,6 +285,7 @@ def measure(model: VAE, train: torch.Tensor, test: torch.Tensor) -> dict:
         "activity_per_dim": [round(v, 4) for v in activity.tolist()],
         "active_units": int((activity > 0.01).sum()),
         "decoder_chroma_fraction": decoder_chroma_fraction(model, mu[:200]),
+        "last_hidden_features": last_features_scale(model, test[:500]),
         "dead_units": dead_units(model, test),
         "probe_r2": {"luminance": r2(pred[:, :1], target[:, :1]), "chroma": r2(pred[:, 1:], target[:, 1:])},
         "recon": recon,
@@ -204,10 +298,39 @@ def cpu_flags() -> str:
     return " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags) or platform.machine()
 
 
+def measure_checkpoint(checkpoint: Path, out: Path) -> None:
+    """The colour numbers of a run of `lvm run vae|vlae --dataset shapes`, on its whole test set."""
+    from lvm.engine.pipeline import load_model
+
+    model, meta = load_model(checkpoint)
+    data = load("shapes", download=False)
+    m = measure(model, data.train, data.test)
+    m.pop("recon")
+    metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+    result = {
+        "what": "benchmarks/vae_colour.py --checkpoint: the background colour of a trained run's reconstructions",
+        "command": f"python benchmarks/vae_colour.py --checkpoint {checkpoint} --out {out}",
+        "run": {k: metrics[k] for k in ("model", "variant", "device", "epochs", "seconds", "test") if k in metrics},
+        "config": meta["config"],
+        "test_size": len(data.test),
+        **m,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("run", "background_error", "probe_r2", "decoder_chroma_fraction",
+                                             "last_hidden_features")}, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, help="measure this trained run (a vae or vlae on shapes) instead of training")
     p.add_argument("--variant", choices=("course", "ae", "warmup"), default="course")
     p.add_argument("--centre", action="store_true", help="take the per-channel train mean off the input, add it to the output")
+    p.add_argument("--init", choices=("default", "he"), default="default", help="he: He et al. 2015, biases 0")
+    p.add_argument("--norm", choices=("none", *NORMS), default="none",
+                   help="a normalisation before every hidden conv's ReLU: batch (BatchNorm), meanonly, group (GroupNorm, 1 group)")
+    p.add_argument("--norm-where", choices=("both", "encoder", "decoder"), default="both")
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--basis", choices=("rgb", "ycc", "ycc-out"), default="rgb")
     p.add_argument("--warmup", type=int, default=1000, help="warmup: steps for beta to reach 1")
@@ -220,14 +343,20 @@ def main() -> None:
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
 
+    if args.checkpoint:
+        return measure_checkpoint(args.checkpoint, args.out)
     data = load("shapes", train_limit=args.train_limit, test_limit=args.test_limit, download=False)
     torch.manual_seed(args.seed)
     centre = to_unit(data.train).mean((0, 2, 3)) if args.centre else None  # (3,)
-    model = ScheduledVAE(VAEConfig(channels=3, latent_dim=args.latent_dim), args.variant, args.warmup,
+    model = ScheduledVAE(VAEConfig(channels=3, latent_dim=args.latent_dim, norm="none"), args.variant, args.warmup,
                          args.basis, centre)
+    if args.norm != "none":
+        add_norm(model, args.norm, args.norm_where)
+    if args.init == "he":
+        he_init(model)
     at_init = decoder_chroma_fraction(model, torch.randn(200, model.cfg.latent_dim))
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=args.lr, seed=args.seed, device="cpu",
-                      cpu_threads=1, amp="off")
+                      cpu_threads=args.threads, amp="off")
     start = time.perf_counter()
     history = fit(model, data.train, data.test, cfg)
     seconds = time.perf_counter() - start
@@ -249,7 +378,7 @@ def main() -> None:
         "warmup_steps": args.warmup if args.variant == "warmup" else None,
         "train_size": len(data.train), "test_size": len(data.test), "epochs": args.epochs,
         "batch_size": 128, "lr": args.lr, "seed": args.seed, "precision": "float32",
-        "device": f"cpu ({platform.machine()}, 1 thread)", "cpu_flags": cpu_flags(),
+        "device": f"cpu ({platform.machine()}, {args.threads} thread(s))", "init": args.init, "norm": args.norm, "norm_where": args.norm_where, "cpu_flags": cpu_flags(),
         "seconds": round(seconds, 1),
         "test": {"neg_elbo": history.test["loss"][-1], "recon_loss": history.test["recon_loss"][-1],
                  "kl_loss": history.test["kl_loss"][-1]},
@@ -261,7 +390,7 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in ("variant", "basis", "seconds", "test", "background_error",
                                              "active_units", "probe_r2", "decoder_chroma_fraction_at_init",
-                                             "decoder_chroma_fraction", "dead_units")}, indent=1))
+                                             "decoder_chroma_fraction", "last_hidden_features", "dead_units")}, indent=1))
 
 
 if __name__ == "__main__":

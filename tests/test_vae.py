@@ -102,6 +102,7 @@ def test_shapes(model, channels):
     assert set(terms) == {"loss", "recon_loss", "kl_loss"}
     assert all(t.shape == () and torch.isfinite(t) for t in terms.values())
     assert torch.allclose(terms["loss"], terms["recon_loss"] + terms["kl_loss"])
+    m.eval()  # BatchNorm: figures come from the running statistics, not from the batch
     samples = m.sample(7)
     assert samples.shape == (7, channels, 32, 32) and samples.abs().max() <= 1
     assert m.reconstruct(x).shape == (6, channels, 32, 32)
@@ -110,6 +111,50 @@ def test_shapes(model, channels):
     # the ends of each row decode the two latent means themselves
     assert torch.allclose(rows[:, 0], m.reconstruct(x[:3]), atol=1e-5)
     assert torch.allclose(rows[:, -1], m.reconstruct(x[3:]), atol=1e-5)
+
+
+def test_norm_none_is_the_course_network_and_batch_adds_only_batchnorm():
+    course, ours = VAE(VAEConfig(norm="none")), VAE(VAEConfig())
+    # the course's Q2a network (../shared/ANCHORS.md), counted layer by layer
+    convs = [(3, 32, 3), (32, 64, 3), (64, 128, 3), (128, 256, 3), (128, 128, 4), (128, 64, 4), (64, 32, 4), (32, 3, 3)]
+    linears = [(4 * 4 * 256, 2 * 16), (16, 4 * 4 * 128)]
+    expected = sum(i * o * k * k + o for i, o, k in convs) + sum(i * o + o for i, o in linears)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(course) == expected
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in course.modules())
+    # ours: a BatchNorm (a scale and a shift per channel) before each of the 7 hidden convs' ReLUs
+    norms = [m for m in ours.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [n.num_features for n in norms] == [32, 64, 128, 256, 128, 64, 32]
+    assert count(ours) == expected + 2 * sum(n.num_features for n in norms)
+    for net in (ours.encoder.net, ours.decoder.net):  # each norm sits between a conv and its ReLU
+        layers = list(net)
+        for i, layer in enumerate(layers):
+            if isinstance(layer, torch.nn.BatchNorm2d):
+                assert isinstance(layers[i - 1], (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+                assert isinstance(layers[i + 1], torch.nn.ReLU)
+
+
+@pytest.mark.parametrize("model", ["vae", "vlae"])
+def test_a_checkpoint_from_before_norm_rebuilds_the_course_network(model):
+    spec = registry.get(model)
+    old = spec.config(**TINY, norm="none")
+    saved = json.loads(json.dumps(asdict(old)))
+    del saved["norm"]  # what a checkpoint written before the field existed holds
+    rebuilt = spec.stages[0].build(configs.from_dict(spec.config, saved))
+    rebuilt.load_state_dict(spec.stages[0].build(old).state_dict())  # strict: same layers
+    assert rebuilt.cfg.norm == "none"
+    assert configs.from_dict(spec.config, asdict(spec.config(**TINY))).norm == "batch"  # new ones keep theirs
+
+
+def test_batchnorm_in_eval_mode_makes_each_image_independent_of_its_batch():
+    torch.manual_seed(0)
+    m = tiny("vae")
+    x = images(16)
+    m.loss(x)["loss"].backward()  # one training pass moves the running statistics off their start
+    m.eval()
+    assert torch.allclose(m.reconstruct(x)[:4], m.reconstruct(x[:4]), atol=1e-5)
+    m.train()
+    assert not torch.allclose(m.reconstruct(x)[:4], m.reconstruct(x[:4]), atol=1e-5)  # batch statistics
 
 
 @pytest.mark.parametrize("model", ["vae", "vlae"])

@@ -165,6 +165,10 @@ CIFAR-10 (`dset_id` 2), or their stand-in (see below). Scale them to [-1, 1].
 - Reconstruction loss: squared error **summed over pixels and channels** on the [-1, 1] scale,
   averaged over the batch. MADE for (b): two hidden layers of 512.
 - Adam 1e-3, batch 128, 20 epochs.
+- A tip beyond the course: if your reconstructions come back grey (as this network's do on the
+  `shapes` stand-in, even after 20 epochs), put a `nn.BatchNorm2d` between every hidden conv and
+  its ReLU, and call `model.eval()` before drawing pictures. The reference solution does; the
+  README's *Colour* section has the experiment.
 
 ## Deliverables (for each part and each dataset you use)
 

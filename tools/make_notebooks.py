@@ -209,6 +209,11 @@ latent (`lvm/vae/model.py`).
 - Images are scaled to $[-1, 1]$. The reconstruction loss is the **squared error summed over
   pixels**, i.e. $-\\log$ of a Gaussian decoder with fixed variance, constants dropped (the
   course's convention); the KL to $\\mathcal N(0, I)$ is in closed form.
+- One change from the course: a **BatchNorm** before every hidden convolution's ReLU
+  (`VAEConfig.norm = "batch"`). Without it the course's network, trained on `shapes`, learns
+  outlines and brightness but reconstructs every colour as grey, even after its full budget (the
+  README's "Colour" section has the experiment). `VAEConfig(norm="none")` is the course's
+  network exactly.
 
 $$-\\mathrm{ELBO}(x) = \\mathbb E_{q(z|x)}\\,\\|x - \\mathrm{dec}(z)\\|^2 + \\mathrm{KL}(q(z|x)\\,\\|\\,\\mathcal N(0, I))$$
 """),
@@ -216,13 +221,13 @@ $$-\\mathrm{ELBO}(x) = \\mathbb E_{q(z|x)}\\,\\|x - \\mathrm{dec}(z)\\|^2 + \\ma
         code("""
 from lvm.vae import VAE, VAEConfig
 
-course = VAE(VAEConfig())                             # the course's model, for 3-channel images
+vae = VAE(VAEConfig())                                # ours, for 3-channel images
 print(VAEConfig())
-print("parameters:", n_params(course))
+print("parameters:", n_params(vae), " the course's network (norm='none'):", n_params(VAE(VAEConfig(norm="none"))))
 x = torch.zeros(8, 3, 32, 32)                         # a batch of images in [-1, 1]
-mu, log_std = course.encode(x)
+mu, log_std = vae.encode(x)
 z = mu + log_std.exp() * torch.randn_like(mu)         # reparameterisation
-print("q(z|x) mean and log std:", tuple(mu.shape), tuple(log_std.shape), " decoder output:", tuple(course.decode(z).shape))
+print("q(z|x) mean and log std:", tuple(mu.shape), tuple(log_std.shape), " decoder output:", tuple(vae.decode(z).shape))
 """),
         md("""
 ## Data and a model small enough for a CPU

@@ -168,11 +168,15 @@ def json_ready(value: Any) -> Any:
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:
     """The inverse of `to_dict`: lists become tuples where the field is a tuple. Keys that are not
-    fields are refused (a checkpoint of another config)."""
+    fields are refused (a checkpoint of another config); missing ones take the config's `LEGACY`
+    value if it has one, else its default."""
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
+    # a field added after a checkpoint was written takes the value that rebuilds the model it
+    # holds, where the config names one (`LEGACY`), rather than today's default
+    values = {**{k: v for k, v in getattr(cls, "LEGACY", {}).items()}, **values}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 

@@ -6,11 +6,16 @@ loss is the squared error summed over pixels on the [-1, 1] scale (a Gaussian de
 constants dropped; strictly that is -log N(x; mean, 1/2), the course's convention, kept so our
 numbers compare with its table), and the KL to the N(0, I) prior is in closed form, so
 -ELBO = recon_loss + kl_loss in nats per image.
+
+One change from the course's network: a BatchNorm (Ioffe & Szegedy 2015) before every hidden
+conv's ReLU (`norm="batch"`, the default; `-o norm=none` is the course's network exactly). Without
+it the VAE reconstructs `shapes` in grey (README, "Colour"; `benchmarks/vae_colour.py`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -27,6 +32,18 @@ class VAEConfig:
     latent_dim: int = 16  # the course's 16-d latent
     enc_widths: tuple[int, int, int, int] = (32, 64, 128, 256)  # the four encoder convs
     dec_widths: tuple[int, int, int, int] = (128, 128, 64, 32)  # decoder: linear, then three convT
+    # BatchNorm before each hidden conv's ReLU; none is the course's network. A measured gain: on
+    # shapes, 20,000 images x 4 epochs, background chroma error 11.2 against 17.5 (grey) and -ELBO
+    # 190.0 against 213.5 (README, "Colour"; figures/colour/norm-batch-20000x4.json, course-20000x4.json)
+    norm: Literal["batch", "none"] = "batch"
+
+    # checkpoints written before `norm` existed hold the course's network
+    LEGACY: ClassVar[dict[str, object]] = {"norm": "none"}
+
+
+def conv_relu(conv: nn.Conv2d | nn.ConvTranspose2d, norm: str) -> list[nn.Module]:
+    """conv, then BatchNorm over its channels when `norm` is "batch", then ReLU."""
+    return [conv, *([nn.BatchNorm2d(conv.out_channels)] if norm == "batch" else []), nn.ReLU()]
 
 
 class Encoder(nn.Module):
@@ -36,10 +53,10 @@ class Encoder(nn.Module):
         super().__init__()
         w0, w1, w2, w3 = cfg.enc_widths
         self.net = nn.Sequential(
-            nn.Conv2d(cfg.channels, w0, 3, 1, 1), nn.ReLU(),  # (B, w0, 32, 32)
-            nn.Conv2d(w0, w1, 3, 2, 1), nn.ReLU(),  # (B, w1, 16, 16)
-            nn.Conv2d(w1, w2, 3, 2, 1), nn.ReLU(),  # (B, w2, 8, 8)
-            nn.Conv2d(w2, w3, 3, 2, 1), nn.ReLU(),  # (B, w3, 4, 4)
+            *conv_relu(nn.Conv2d(cfg.channels, w0, 3, 1, 1), cfg.norm),  # (B, w0, 32, 32)
+            *conv_relu(nn.Conv2d(w0, w1, 3, 2, 1), cfg.norm),  # (B, w1, 16, 16)
+            *conv_relu(nn.Conv2d(w1, w2, 3, 2, 1), cfg.norm),  # (B, w2, 8, 8)
+            *conv_relu(nn.Conv2d(w2, w3, 3, 2, 1), cfg.norm),  # (B, w3, 4, 4)
             nn.Flatten(),  # (B, w3 * 16)
             nn.Linear(4 * 4 * w3, 2 * cfg.latent_dim),  # (B, 2L)
         )
@@ -58,9 +75,9 @@ class Decoder(nn.Module):
         self.d0 = d0
         self.fc = nn.Sequential(nn.Linear(cfg.latent_dim, 4 * 4 * d0), nn.ReLU())
         self.net = nn.Sequential(
-            nn.ConvTranspose2d(d0, d1, 4, 2, 1), nn.ReLU(),  # (B, d1, 8, 8)
-            nn.ConvTranspose2d(d1, d2, 4, 2, 1), nn.ReLU(),  # (B, d2, 16, 16)
-            nn.ConvTranspose2d(d2, d3, 4, 2, 1), nn.ReLU(),  # (B, d3, 32, 32)
+            *conv_relu(nn.ConvTranspose2d(d0, d1, 4, 2, 1), cfg.norm),  # (B, d1, 8, 8)
+            *conv_relu(nn.ConvTranspose2d(d1, d2, 4, 2, 1), cfg.norm),  # (B, d2, 16, 16)
+            *conv_relu(nn.ConvTranspose2d(d2, d3, 4, 2, 1), cfg.norm),  # (B, d3, 32, 32)
             nn.Conv2d(d3, cfg.channels, 3, 1, 1),  # (B, C, 32, 32)
         )
 
@@ -71,7 +88,9 @@ class Decoder(nn.Module):
 
 class VAE(nn.Module):
     """Conv VAE with a N(0, I) prior. `loss` takes raw uint8 images; everything else works on
-    [-1, 1] floats."""
+    [-1, 1] floats. With BatchNorm (the default), call `model.eval()` before `sample`,
+    `reconstruct` and `interpolate`, so that each image uses the running statistics and not
+    those of its batch (the trainer and `lvm` do)."""
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
