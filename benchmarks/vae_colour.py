@@ -231,10 +231,10 @@ def r2(pred: torch.Tensor, true: torch.Tensor) -> float:
 
 @torch.no_grad()
 def last_features_scale(model: VAE, x: torch.Tensor) -> dict[str, float]:
-    """The decoder's last hidden features (the input of its output conv) at the posterior means
-    of uniform-background test pixels: how much they vary across images (std over images of each
-    channel's mean over background pixels, averaged over channels) against their size (the mean
-    absolute value). The output conv can only make colour from that variation."""
+    """The decoder's last hidden features (the input of its output conv) when it reconstructs the
+    test images `x` from their posterior means: how much they vary across images (std over images
+    of each channel's mean over the background pixels, averaged over channels) against their size
+    (the mean absolute value). The output conv can only make colour from that variation."""
     feats = {}
 
     def keep(module, inputs, output) -> None:  # returns None: the output stays as it is

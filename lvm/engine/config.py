@@ -176,7 +176,7 @@ def from_dict(cls: type, values: dict[str, Any]) -> Any:
         raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)}")
     # a field added after a checkpoint was written takes the value that rebuilds the model it
     # holds, where the config names one (`LEGACY`), rather than today's default
-    values = {**{k: v for k, v in getattr(cls, "LEGACY", {}).items()}, **values}
+    values = {**getattr(cls, "LEGACY", {}), **values}
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
