@@ -31,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lvm.engine.checkpoint import RunFile
+from lvm.engine.distributed import broadcast_buffers, sync_batchnorm
 from lvm.engine.errors import Interrupted, UserError
 
 
@@ -176,6 +177,17 @@ def check_resumable(state: dict[str, Any], meta: dict[str, Any] | None, cfg: "Tr
                         f"--epochs {cfg.epochs}")
 
 
+def check_world_size(state: dict[str, Any], cfg: "TrainConfig", size: int, where: str) -> None:
+    """Refuse, in one line, to continue training a state with another number of processes: each
+    process draws its own noise (the VAEs' samples), so the continuation would be neither run's.
+    A finished state (nothing left to train) may be read by any number."""
+    trained = state.get("world_size", 1)
+    if trained != size and (state["epoch"], state["step"]) != (cfg.epochs, 0):
+        how = f"torchrun --nproc_per_node {trained} (or --nnodes)" if trained > 1 else "one process (no torchrun)"
+        raise UserError(f"cannot resume {where}: it was trained by {trained} process{'es' * (trained > 1)}, this run has "
+                        f"{size}; resume it with {how}, as each process draws its own noise")
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -282,11 +294,13 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, de
 
 def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torch.device,
              cfg: TrainConfig | None = None, desc: str = "test") -> dict[str, float]:
-    """Every loss term, averaged over all examples of `data` (over all processes under torchrun).
-    Always in float32, also for a model trained under bf16 autocast: the reported numbers are
+    """Every loss term, averaged over all examples of `data`. Under torchrun it is one model's
+    evaluation: every process takes process 0's buffers, evaluates its share of `data`, and the
+    sums are added up over the processes, so every process returns the same numbers. Always in float32, also for a model trained under bf16 autocast: the reported numbers are
     the model's, not bf16's rounding of them (evaluation is a small part of the time)."""
     _, channels_last = fast_path(cfg or TrainConfig(), device)
     rank, size = world()
+    broadcast_buffers(model)  # a no-op in one process
     shard = data[rank::size]
     was_training = model.training
     model.eval()
@@ -371,7 +385,9 @@ def fit(
     run's checkpoint (`lvm.engine.checkpoint.Slot`). With `resume`, training continues from it;
     `meta` (what the model was built from) is stored with it, and a resumed run whose `meta` or
     settings differ is refused. Under torchrun every process takes its share of each global
-    minibatch of `cfg.batch_size`; process 0 alone writes checkpoints.
+    minibatch of `cfg.batch_size`, the BatchNorm layers normalise with the global minibatch's
+    statistics (`lvm.engine.distributed`), and process 0 alone writes checkpoints (every
+    process's random state in them: a run resumed with as many processes continues exactly).
     """
     cfg.validate()
     if len(train) == 0 or len(test) == 0:
@@ -383,6 +399,8 @@ def fit(
     rank, size = world()
     torch.manual_seed((cfg.seed + 1_000_003 * rank) % 2**63)  # each process its own noise
     model.to(device)
+    if size > 1:  # one model: BatchNorm statistics of the global minibatch, not of each share
+        sync_batchnorm(model)
     train, test = train.to(device), test.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -393,25 +411,40 @@ def fit(
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
     history, epoch, step = History(), 0, 0
 
-    state = checkpoint.load() if resume and checkpoint is not None and rank == 0 else None
-    if state is not None:
-        check_resumable(state, meta, cfg, checkpoint.where)
-    if size > 1:  # every process resumes from process 0's checkpoint
-        box = [state]
+    state, refusal = None, None
+    if resume and checkpoint is not None and rank == 0:
+        state = checkpoint.load()
+        try:
+            if state is not None:
+                check_resumable(state, meta, cfg, checkpoint.where)
+                check_world_size(state, cfg, size, checkpoint.where)
+        except UserError as e:
+            refusal = str(e)
+    if size > 1:  # every process resumes from process 0's checkpoint, or refuses with it
+        box = [state, refusal]
         dist.broadcast_object_list(box, src=0)
-        state = box[0]
+        state, refusal = box
+    if refusal is not None:
+        raise UserError(refusal)
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history = History(**state["history"])
         epoch, step = state["epoch"], state["step"]
-        if rank == 0:
-            _set_rng_state(state["rng"])
+        rngs = state.get("rng_ranks") or [state["rng"]]  # one per process; older checkpoints: one
+        if rank < len(rngs):
+            _set_rng_state(rngs[rank])
     saved = {"any": state is not None}
 
     def save(epoch: int, step: int) -> None:
-        if checkpoint is not None and rank == 0:
+        if checkpoint is None:
+            return
+        rngs = [_rng_state()]
+        if size > 1:  # every process's noise, so that each continues its own on resume
+            rngs = [None] * size if rank == 0 else None
+            dist.gather_object(_rng_state(), rngs, dst=0)
+        if rank == 0:
             checkpoint.save({
                 "meta": meta or {},
                 "train_config": asdict(cfg),
@@ -421,7 +454,9 @@ def fit(
                 "epoch": epoch,
                 "step": step,
                 "history": asdict(history),
-                "rng": _rng_state(),
+                "rng": rngs[0],
+                "rng_ranks": rngs,
+                "world_size": size,
             })
             saved["any"] = True
 
