@@ -61,18 +61,37 @@ def test_two_processes_follow_the_single_process_curve(tmp_path):
     torch.testing.assert_close(torch.tensor(ddp["w"]), single.lin.weight.detach(), rtol=1e-4, atol=1e-5)
 
 
-def test_torchrun_cli_writes_one_row(tmp_path):
-    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
-         "-m", "lvm", "run", "vae2d", "--dataset", "gaussians-b1", "--epochs", "1", "--train-limit", "512",
-         "--out", str(tmp_path / "row"), "--device", "cpu"],
-        env=env, capture_output=True, text=True, timeout=300,
-    )
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
+# a tiny vae with its BatchNorm, float32, its own noise
+RUN = ["-m", "lvm", "run", "vae", "--dataset", "shapes", "--epochs", "1", "--train-limit", "64", "--test-limit", "32",
+       "--batch-size", "16", "--amp", "off", "--device", "cpu", "-o", "enc_widths=4,4,4,4", "-o", "dec_widths=8,4,4,4",
+       "-o", "latent_dim=2"]
+ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1", "MPLBACKEND": "Agg"}
+
+
+@pytest.mark.slow
+def test_torchrun_on_one_node_and_on_two_writes_the_same_one_row(tmp_path):
+    one_node = tmp_path / "one-node"
+    r = subprocess.run([*TORCHRUN, "--nproc-per-node", "2", "--master-port", str(_free_port()), *RUN, "--out", str(one_node)],
+                       env=ENV, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("Final -ELBO") == 1  # process 0 alone reports
-    m = json.loads((tmp_path / "row" / "metrics.json").read_text())
-    assert m["device"].endswith("x 2 processes")
+
+    # two "nodes" on this machine: two launchers of one process each, meeting at a c10d rendezvous
+    two_nodes, endpoint = tmp_path / "two-nodes", f"127.0.0.1:{_free_port()}"
+    nodes = [subprocess.Popen([*TORCHRUN, "--nnodes", "2", "--nproc-per-node", "1", "--node-rank", str(rank),
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", endpoint, "--local-addr", "127.0.0.1",
+                               *RUN, "--out", str(two_nodes)],
+                              env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in range(2)]
+    outs = [node.communicate(timeout=900) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs[0][1][-2000:] + outs[1][1][-2000:]
+    assert sum(out.count("Final -ELBO") for out, _ in outs) == 1
+
+    a, b = (json.loads((folder / "metrics.json").read_text()) for folder in (one_node, two_nodes))
+    assert a["device"].endswith("x 2 processes") and b["device"].endswith("x 2 processes")
+    assert a["test"] == b["test"]  # the same processes, whichever launcher started them
+    ha, hb = (json.loads((folder / "history.json").read_text()) for folder in (one_node, two_nodes))
+    assert ha == hb and len(ha["train"]["loss"]) == 4
 
 
 # ----------------------------------------------------------------------------- BatchNorm
