@@ -38,7 +38,7 @@ def _worker(rank: int, size: int, port: int, path: str) -> None:
     init_distributed("cpu")
     torch.manual_seed(1)
     model = Regression()
-    data = regression_data(128)
+    data = regression_data(101)
     h = fit(model, data, data[:64], TrainConfig(**CFG))
     if rank == 0:
         json.dump({"train": h.train, "test": h.test, "w": model.lin.weight.tolist()}, open(path, "w"))
@@ -48,7 +48,7 @@ def _worker(rank: int, size: int, port: int, path: str) -> None:
 def test_two_processes_follow_the_single_process_curve(tmp_path):
     torch.manual_seed(1)
     single = Regression()
-    data = regression_data(128)
+    data = regression_data(101)  # the last minibatch of each epoch, 5 examples, splits 3 + 2
     h = fit(single, data, data[:64], TrainConfig(**CFG))
 
     path = str(tmp_path / "ddp.json")
@@ -121,6 +121,7 @@ def _bn_worker(rank: int, size: int, port: int, path: str) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sync_batchnorm_computes_what_one_process_computes_on_the_global_batch(tmp_path):
     torch.manual_seed(0)
     x = (torch.randn(12, 3, 5, 5) * 3 + 1).requires_grad_()
@@ -250,3 +251,11 @@ def test_a_two_process_run_killed_mid_epoch_resumes_exactly(tmp_path):
         assert resumed[rank]["train"] == whole[rank]["train"] and resumed[rank]["test"] == whole[rank]["test"]
         for key in ("params", "buffers"):
             assert all(torch.equal(a, b) for a, b in zip(resumed[rank][key], whole[rank][key])), key
+
+
+def test_a_minibatch_smaller_than_the_number_of_processes_is_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr("lvm.engine.train.world", lambda: (0, 2))  # as under torchrun with 2 processes
+    data = regression_data(65)  # at batch 32 the last minibatch holds 1 example
+    with pytest.raises(UserError, match="2 processes cannot share a minibatch of 1 examples") as e:
+        fit(Regression(), data, data, TrainConfig(**CFG))
+    assert "\n" not in str(e.value)

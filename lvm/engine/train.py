@@ -265,7 +265,9 @@ class _Loss(nn.Module):
 def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, device: torch.device,
               sched: torch.optim.lr_scheduler.LRScheduler | None = None):
     """One optimisation step, `step(x) -> detached loss terms`; the trainer and `lvm bench` share it.
-    No host-device synchronisation happens inside."""
+    No host-device synchronisation happens inside. Under torchrun, `step(x, weight)` weighs this
+    process's share of an unevenly split global minibatch (its size x processes / the global size),
+    so that the gradient DDP averages, and the terms averaged over processes, are the global mean's."""
     amp, channels_last = fast_path(cfg, device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -277,9 +279,11 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, de
         loss_fn = torch.compile(loss_fn)
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def step(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def step(x: torch.Tensor, weight: float = 1.0) -> dict[str, torch.Tensor]:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             terms = loss_fn(_layout(x, channels_last))
+        if weight != 1.0:
+            terms = {k: v * weight for k, v in terms.items()}
         opt.zero_grad(set_to_none=True)
         terms["loss"].backward()
         if cfg.grad_clip:
@@ -404,6 +408,10 @@ def fit(
     train, test = train.to(device), test.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     per_epoch = math.ceil(len(train) / cfg.batch_size)
+    smallest = min(cfg.batch_size, len(train) - (per_epoch - 1) * cfg.batch_size)  # the last minibatch may be short
+    if smallest < size:
+        raise UserError(f"{size} processes cannot share a minibatch of {smallest} examples (the last of each epoch of "
+                        f"{len(train)} at --batch-size {cfg.batch_size}); change --batch-size or --train-limit")
     total = cfg.epochs * per_epoch
     if cfg.lr_schedule == "cosine":  # a final iterate at lr ~ 0 is not bounced around by noise
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
@@ -527,7 +535,8 @@ def fit(
                             + (f"; saved {checkpoint.where}" if checkpoint is not None else "")
                         )
                     batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    pending.append(train_step(train[batch[rank::size]]))
+                    mine = batch[rank::size]  # every size-th example: together, the whole minibatch
+                    pending.append(train_step(train[mine], len(mine) * size / len(batch)))
                     step += 1
                     if len(pending) >= cfg.log_every:
                         flush(epoch, step)
