@@ -183,7 +183,7 @@ def check_world_size(state: dict[str, Any], cfg: "TrainConfig", size: int, where
     A finished state (nothing left to train) may be read by any number."""
     trained = state.get("world_size", 1)
     if trained != size and (state["epoch"], state["step"]) != (cfg.epochs, 0):
-        how = f"torchrun --nproc_per_node {trained} (or --nnodes)" if trained > 1 else "one process (no torchrun)"
+        how = f"torchrun --nproc-per-node {trained} (or --nnodes)" if trained > 1 else "one process (no torchrun)"
         raise UserError(f"cannot resume {where}: it was trained by {trained} process{'es' * (trained > 1)}, this run has "
                         f"{size}; resume it with {how}, as each process draws its own noise")
 
