@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -163,3 +164,85 @@ def test_resume_seeds_tiny_tests_and_picture_names_never_traceback(tmp_path, cas
                 written = r.output.strip().split()[-1]
                 assert Path(cwd, written).read_bytes()[:4] == b"\x89PNG", r.output
         assert {p.name for p in Path(cwd).iterdir()} <= {"out", "x.png", "x.PNG", "sub"}, "wrote outside"
+
+
+# ----------------------------------------------------------------------------- issue 25: nothing lost,
+# nothing half-written. One test per finding of the adversarial pass.
+
+TINY2D = ["--dataset", "gaussians-b1", "--train-limit", "256", "--test-limit", "64", "--device", "cpu", "--epochs", "1"]
+TINY_IMG = ["--dataset", "shapes", "--train-limit", "16", "--test-limit", "8", "--batch-size", "8", "--device", "cpu",
+            "--epochs", "1"]
+
+
+def _one_line(r, expect: str = "") -> None:
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert expect in r.output, r.output
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _finished(tmp_path) -> Path:
+    out = tmp_path / "finished"
+    r = CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_resume_refuses_another_models_run_and_changes_nothing(tmp_path):
+    """Finding 1: `lvm run vae --resume` into a finished vae2d run trained a vae from scratch over it."""
+    out = _finished(tmp_path)
+    before = _snapshot(out)
+    r = CliRunner().invoke(cli, ["run", "vae", *TINY_IMG, *TINY_VAE, "--out", str(out), "--resume"])
+    _one_line(r, "it holds a vae2d run (stages vae2d), this run is vae (stages vae)")
+    assert _snapshot(out) == before
+
+
+def test_overwrite_with_a_bad_override_deletes_nothing(tmp_path):
+    """Finding 2: `--overwrite -o latent_dim=-1` deleted the run, then crashed."""
+    out = _finished(tmp_path)
+    before = _snapshot(out)
+    r = CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(out), "--overwrite", "-o", "latent_dim=-1"])
+    _one_line(r, "-o latent_dim=-1: must be at least 1")
+    assert _snapshot(out) == before
+
+
+# Finding 3: each of these was a traceback, or was accepted silently.
+BAD_SETTINGS = [
+    ("vqvae", ["-o", "num_codes=0"]), ("vqvae", ["-o", "code_dim=0"]), ("vqvae", ["-o", "num_codes=10000000"]),
+    ("vae", ["-o", "enc_widths=0,0,0,0"]), ("vae", ["-o", "latent_dim=-1"]), ("vae2d", ["-o", "latent_dim=-1"]),
+    ("vae2d", ["-o", "eval_samples=-1"]), ("pixelvae", ["-o", "n_layers=0"]), ("pixelvae", ["-o", "kernel=0"]),
+    ("pixelvae", ["-o", "first_kernel=2"]), ("vqvae", ["-o", "beta=-1"]), ("vqvae", ["-o", "ema_decay=2"]),
+    ("pixelvae", ["-o", "free_bits=-1"]), ("vae2d", ["-o", "latent_dim=0"]), ("vae2d", ["-o", "hidden=0"]),
+    ("vqvae", ["-o", "prior_epochs=0"]), ("vae2d", ["--epochs", "99999999999999999999"]),
+    ("vae2d", ["--batch-size", "100000000000"]),
+]
+
+
+@pytest.mark.parametrize("model,args", BAD_SETTINGS, ids=lambda a: a if isinstance(a, str) else "=".join(a))
+def test_out_of_range_settings_are_one_line_and_touch_nothing(tmp_path, model, args):
+    dataset = {"vae2d": "gaussians-b1", "pixelvae": "fashion-mnist-binary"}.get(model, "shapes")
+    out = tmp_path / "sub" / "out"
+    r = CliRunner().invoke(cli, ["run", model, "--dataset", dataset, "--train-limit", "8", "--test-limit", "8",
+                                 "--device", "cpu", *args, "--out", str(out)])
+    _one_line(r, "must be")
+    assert not (tmp_path / "sub").exists()
+
+
+@pytest.mark.parametrize("setting", ["num_codes=0", "latent_dim=-1"])
+def test_table_checks_every_row_before_the_first_trains(tmp_path, setting):
+    """Finding 3: `lvm table -o num_codes=0` failed after two rows had trained; `-o latent_dim=-1`
+    left an empty folder."""
+    figures = tmp_path / "figures"
+    r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--figures", str(figures), "--epochs", "1",
+                                 "--train-limit", "8", "--test-limit", "8", "--device", "cpu", "-o", setting])
+    _one_line(r, f"-o {setting}: must be at least")
+    assert not figures.exists()
+
+
+def test_show_prints_each_fields_range():
+    r = CliRunner().invoke(cli, ["show", "vqvae"])
+    assert r.exit_code == 0, r.output
+    assert "num_codes       int [2, 65536]" in r.output and "float or none [0, 1)" in r.output
