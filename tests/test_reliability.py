@@ -246,3 +246,54 @@ def test_show_prints_each_fields_range():
     r = CliRunner().invoke(cli, ["show", "vqvae"])
     assert r.exit_code == 0, r.output
     assert "num_codes       int [2, 65536]" in r.output and "float or none [0, 1)" in r.output
+
+
+HAMMER = """
+import os, sys, time
+from pathlib import Path
+from lvm.engine.errors import UserError
+from lvm.engine.files import claim as _claim
+out, log, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+while not Path(log + ".go").exists():  # all start hammering together
+    time.sleep(0.001)
+held = 0
+for i in range(n):
+    try:
+        with _claim(out):
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, f"in {os.getpid()}\\n".encode())
+            time.sleep(0.0005)
+            os.write(fd, f"out {os.getpid()}\\n".encode())
+            os.close(fd)
+            held += 1
+            if i % 3 == 0:  # a failed run in a folder it made: the folder is removed again
+                raise RuntimeError
+    except (UserError, RuntimeError):
+        pass
+print(held)
+"""
+
+
+def test_the_folder_lock_is_never_held_twice(tmp_path):
+    """Finding 5: `_claim` closed, then deleted the lock file, so that a process that had opened
+    the old file could lock it while another created and locked a new one."""
+    out, log = tmp_path / "runs" / "out", tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, str(out), str(log), "150"], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n"
+    Path(f"{log}.go").touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    inside, overlaps = None, 0
+    lines = log.read_text().splitlines()
+    for line in lines:
+        what, pid = line.split()
+        if what == "in":
+            overlaps += inside is not None
+            inside = pid
+        elif inside == pid:
+            inside = None
+    assert overlaps == 0, f"{overlaps} overlapping holders in {len(lines) // 2} holds"
+    assert sum(int(o) for o, _ in results) == len(lines) // 2 >= 3

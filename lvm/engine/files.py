@@ -4,14 +4,21 @@ a temporary file of this process in the same folder, `.NAME.PID.tmp`, then renam
 one step: a reader never sees half a file, and a killed process, a full disk or a file-size
 limit never costs the old one. A failed write is one line naming the path and the cause; the
 temporary file of a writer killed outright (SIGKILL) is removed by the next run in its folder.
+
+And how a run holds its folder (`claim`): one writer at a time, never two. No torch here.
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
+import platform
 import re
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from lvm.engine.errors import UserError
 
@@ -38,9 +45,10 @@ def cause(e: OSError) -> str:
     return _CAUSES.get(e.errno, e.strerror or str(e))
 
 
-def write_bytes(path: str | Path, data: bytes | memoryview, *, kept: str = "") -> Path:
+def write_bytes(path: str | Path, data: bytes | memoryview, *, kept: str = "", sync: bool = True) -> Path:
     """Write `data` to `path` atomically. A failure is one UserError line naming `path` and the
-    cause, then `kept` (what the caller keeps, e.g. "the last good checkpoint is kept")."""
+    cause, then `kept` (what the caller keeps, e.g. "the last good checkpoint is kept"). `sync`:
+    on the disk before the rename, so that not even a power cut leaves half a file."""
     path = Path(path)
     tmp = temp_for(path)
     try:
@@ -48,7 +56,8 @@ def write_bytes(path: str | Path, data: bytes | memoryview, *, kept: str = "") -
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
@@ -59,8 +68,8 @@ def write_bytes(path: str | Path, data: bytes | memoryview, *, kept: str = "") -
     return path
 
 
-def write_text(path: str | Path, text: str, *, kept: str = "") -> Path:
-    return write_bytes(path, text.encode(), kept=kept)
+def write_text(path: str | Path, text: str, *, kept: str = "", sync: bool = True) -> Path:
+    return write_bytes(path, text.encode(), kept=kept, sync=sync)
 
 
 def _alive(pid: int) -> bool:
@@ -87,3 +96,62 @@ def remove_leftovers(folder: Path) -> list[Path]:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+@contextmanager
+def claim(out: Path) -> Iterator[None]:
+    """Create `out` if needed and hold it for the whole run. The lock is an exclusive flock on the
+    folder itself, never on a file in it: a lock file deleted by a finishing run while another
+    had it open would let two runs hold "the" lock at once. `.lock` only says who holds it, for
+    the one line that refuses a second writer. Temporary files of writers killed mid-write are
+    removed. Folders this run created are removed again if it fails before writing into them."""
+    created = [p for p in (out, *out.parents) if not p.exists()]  # the deepest first
+    for _ in range(10):
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as e:
+            raise UserError(f"cannot write to output folder {out}: {cause(e)}") from None
+        holder = ""
+        for _ in range(20):  # a holder says who it is just after taking the lock: give it a moment
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                pass
+            try:
+                holder = (out / ".lock").read_text().strip()
+            except (OSError, UnicodeDecodeError):
+                holder = ""
+            if holder:
+                break
+            time.sleep(0.05)
+        else:
+            holder = "another process"
+        if holder:
+            os.close(fd)
+            raise UserError(f"{out} is in use by another lvm run ({holder}); wait for it, or choose another --out")
+        try:  # the folder we locked is still the one at `out` (a failed run may have removed it meanwhile)
+            if os.path.samestat(os.fstat(fd), os.stat(out)):
+                break
+        except OSError:
+            pass
+        os.close(fd)
+    else:
+        raise UserError(f"{out} keeps disappearing; is another program removing it?")
+    try:
+        write_text(out / ".lock", f"pid {os.getpid()} on {platform.node()}", sync=False)
+        remove_leftovers(out)
+        yield
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {".lock"}:
+            (out / ".lock").unlink(missing_ok=True)
+            for folder in created:  # `out`, then each parent this run made, while empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        raise
+    finally:
+        (out / ".lock").unlink(missing_ok=True)  # not the lock: who held it
+        os.close(fd)  # releases the lock

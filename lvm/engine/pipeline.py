@@ -11,7 +11,6 @@ into one folder at once (a lock file names the holder).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import inspect
 import json
 import os
@@ -206,61 +205,6 @@ def _check_folder(out: Path, resume: bool, overwrite: bool) -> None:
                         "or choose another --out")
 
 
-@contextmanager
-def _claim(out: Path) -> Iterator[None]:
-    """Create `out` if needed and hold it for the whole run. The lock is an exclusive flock on the
-    folder itself, never on a file in it: a lock file deleted by a finishing run while another
-    had it open would let two runs hold "the" lock at once. `.lock` only says who holds it, for
-    the one line that refuses a second writer. Temporary files of writers killed mid-write are
-    removed. Folders this run created are removed again if it fails before writing into them."""
-    created = [p for p in (out, *out.parents) if not p.exists()]  # the deepest first
-    for _ in range(10):
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-            fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError as e:
-            raise UserError(f"cannot write to output folder {out}: {files.cause(e)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            holder = ""
-            for _ in range(20):  # the holder writes who it is just after taking the lock: give it a moment
-                try:
-                    holder = (out / ".lock").read_text().strip()
-                except (OSError, UnicodeDecodeError):
-                    holder = ""
-                if holder:
-                    break
-                time.sleep(0.05)
-            raise UserError(f"{out} is in use by another lvm run ({holder or 'another process'}); wait for it, "
-                            "or choose another --out") from None
-        try:  # the folder we locked is still the one at `out` (a failed run may have removed it meanwhile)
-            if os.path.samestat(os.fstat(fd), os.stat(out)):
-                break
-        except OSError:
-            pass
-        os.close(fd)
-    else:
-        raise UserError(f"{out} keeps disappearing; is another program removing it?")
-    try:
-        files.write_text(out / ".lock", f"pid {os.getpid()} on {platform.node()}")
-        files.remove_leftovers(out)
-        yield
-    except BaseException:
-        if created and {p.name for p in out.iterdir()} <= {".lock"}:
-            (out / ".lock").unlink(missing_ok=True)
-            for folder in created:  # `out`, then each parent this run made, while empty
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
-        raise
-    finally:
-        (out / ".lock").unlink(missing_ok=True)  # not the lock: who held it
-        os.close(fd)  # releases the lock
-
-
 def _check_resume(spec: ModelSpec, config: Any, data: Data, cfg: TrainConfig, file: RunFile) -> None:
     """A resumed run continues the folder's own run: the same model, the same stages, and the
     settings of every stage that would continue (not those a retrained earlier stage restarts).
@@ -373,7 +317,7 @@ def run(
         return {}
 
     doing = {"now": "training"}
-    with _claim(out), _stops_cleanly(out, doing):  # checked while holding the folder: another run may have just finished there
+    with files.claim(out), _stops_cleanly(out, doing):  # checked while holding the folder: another run may have just finished there
         _check_folder(out, resume, overwrite)
         file = RunFile.read(checkpoint) if resume else None
         if file is not None:
