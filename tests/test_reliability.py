@@ -297,3 +297,75 @@ def test_the_folder_lock_is_never_held_twice(tmp_path):
             inside = None
     assert overlaps == 0, f"{overlaps} overlapping holders in {len(lines) // 2} holds"
     assert sum(int(o) for o, _ in results) == len(lines) // 2 >= 3
+
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = json.loads((REPO / "figures/vae2d/gaussians-a1/metrics.json").read_text())
+
+
+def _figures_with(tmp_path, bad: dict[str, str]) -> Path:
+    """A figures folder holding one good run and a metrics.json of text `bad[name]` per name."""
+    figures = tmp_path / "figures"
+    (figures / "vae2d" / "gaussians-a1").mkdir(parents=True)
+    (figures / "vae2d" / "gaussians-a1" / "metrics.json").write_text(json.dumps(GOOD))
+    for name, text in bad.items():
+        (figures / "vae2d" / name).mkdir()
+        (figures / "vae2d" / name / "metrics.json").write_text(text)
+    return figures
+
+
+def _readme(tmp_path) -> Path:
+    readme = tmp_path / "README.md"
+    readme.write_text("# lvm\n" + "words " * 4000 + "\n<!-- results:start -->\nold table\n<!-- results:end -->\n"
+                      + "more words " * 3000 + "\n")
+    return readme
+
+
+def test_report_write_under_a_file_size_limit_leaves_the_readme_byte_identical(tmp_path):
+    """Finding 4: under `ulimit -f` the README was cut from 49,419 to 20,480 bytes."""
+    import resource
+
+    figures, readme = _figures_with(tmp_path, {}), _readme(tmp_path)
+    before = readme.read_bytes()
+    assert len(before) > 40_000
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_480, 20_480))
+
+    r = subprocess.run([sys.executable, "-m", "lvm", "report", "--figures", str(figures), "--write", str(readme)],
+                       env={**ENV, "PYTHONPATH": str(REPO)}, cwd=REPO, preexec_fn=limit, capture_output=True, text=True)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip() == (f"Error: cannot write {readme}: the file is larger than this process may write "
+                                f"(a file-size limit, `ulimit -f`); {readme} is unchanged")
+    assert readme.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "figures"]  # no temporary left
+
+
+HOSTILE = {
+    "huge": json.dumps({**GOOD, "test": {"neg_elbo": 1}}).replace('"neg_elbo": 1', '"neg_elbo": 1' + "0" * 400),
+    "string": json.dumps({**GOOD, "test": {"neg_elbo": "4.4"}}),
+    "nullseconds": json.dumps({**GOOD, "seconds": None}),
+    "listconfig": json.dumps({**GOOD, "config": [1, 2]}),
+    "deep": "[" * 100_000 + "]" * 100_000,
+    "nan": json.dumps({**GOOD, "test": {"neg_elbo": float("nan")}}),
+}
+
+
+def test_report_treats_metrics_as_untrusted(tmp_path):
+    """Finding 4: hostile metrics.json files gave tracebacks; a device with a newline or
+    `<!-- results:end -->` was written into the README as markup and broke the next rewrite."""
+    evil = {**GOOD, "device": "cpu\n| x | <!-- results:end -->"}
+    figures = _figures_with(tmp_path, {**HOSTILE, "gaussians-a2": json.dumps(evil)})
+    readme = _readme(tmp_path)
+    for _ in range(2):  # the second rewrite finds the markers the first one wrote
+        r = CliRunner().invoke(cli, ["report", "--figures", str(figures), "--write", str(readme)])
+        assert r.exit_code == 0, r.output
+        skipped = r.stderr.strip().splitlines()
+        assert len(skipped) == len(HOSTILE), r.stderr
+        for name in HOSTILE:
+            assert any(line.startswith(f"skipped {figures / 'vae2d' / name / 'metrics.json'}: ") for line in skipped)
+    text = readme.read_text()
+    assert text.count("<!-- results:end -->") == 1 and text.count("<!-- results:start -->") == 1
+    rows = [line for line in text.splitlines() if line.startswith("| vae2d")]
+    assert len(rows) == 2 and all(row.count(" | ") == 8 for row in rows), rows
+    assert "cpu \\| x \\| &lt;!-- results:end --&gt;" in text
