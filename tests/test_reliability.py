@@ -369,3 +369,115 @@ def test_report_treats_metrics_as_untrusted(tmp_path):
     rows = [line for line in text.splitlines() if line.startswith("| vae2d")]
     assert len(rows) == 2 and all(row.count(" | ") == 8 for row in rows), rows
     assert "cpu \\| x \\| &lt;!-- results:end --&gt;" in text
+
+
+TINY_VQ = ["--dataset", "shapes", "--train-limit", "16", "--test-limit", "8", "--batch-size", "8", "--epochs", "1",
+           "--device", "cpu", "-o", "code_dim=4", "-o", "width=4", "-o", "num_codes=4", "-o", "prior_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def vqvae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vq") / "run"
+    r = CliRunner().invoke(cli, ["run", "vqvae", *TINY_VQ, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_sampling_at_a_tiny_temperature_is_nearly_argmax(vqvae_run, tmp_path):
+    """Finding 8: `lvm sample --temperature 1e-300` was a traceback for every autoregressive prior."""
+    r = CliRunner().invoke(cli, ["sample", "--checkpoint", str(vqvae_run / "checkpoint.pt"), "-n", "2",
+                                 "--temperature", "1e-300", "--out", str(tmp_path / "s.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    for bad in ("inf", "0", "-1"):
+        _one_line(CliRunner().invoke(cli, ["sample", "--checkpoint", str(vqvae_run / "checkpoint.pt"),
+                                           "--temperature", bad]), "--temperature must be a positive number")
+
+
+def test_checkpoints_without_data_or_with_a_bad_config_are_one_line(vqvae_run, tmp_path):
+    """Finding 8: a checkpoint without meta.data, or with num_codes=0 in its config, gave a bare
+    KeyError / ZeroDivisionError in `lvm sample` and `lvm.load_model`."""
+    import lvm
+    from lvm.engine.errors import UserError
+
+    state = torch.load(vqvae_run / "checkpoint.pt", weights_only=True)
+    no_data, zero = tmp_path / "nodata.pt", tmp_path / "zero.pt"
+    torch.save({**state, "meta": {k: v for k, v in state["meta"].items() if k != "data"}}, no_data)
+    torch.save({**state, "meta": {**state["meta"], "config": {**state["meta"]["config"], "num_codes": 0}}}, zero)
+    for path, expect in ((no_data, "does not say which model and data"), (zero, "num_codes=0: must be at least 2")):
+        _one_line(CliRunner().invoke(cli, ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "x.png")]),
+                  expect)
+        with pytest.raises(UserError, match=expect):
+            lvm.load_model(path)
+    assert not (tmp_path / "x.png").exists()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_run(tmp_path):
+    """Finding 7: SIGKILL during a save left `.checkpoint.pt.<pid>.tmp` in the run folder for good."""
+    out = _finished(tmp_path)
+    dead, alive = _dead_pid(), os.getppid()
+    for name in (f".checkpoint.pt.{dead}.tmp", f".metrics.json.{dead}.tmp", f".checkpoint.pt.{alive}.tmp"):
+        (out / name).write_bytes(b"half a file")
+    r = CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == [f".checkpoint.pt.{alive}.tmp"]
+
+
+def test_a_file_size_limit_during_a_checkpoint_is_one_line_naming_the_path(tmp_path):
+    """Finding 7: a failed checkpoint write said torch's `[enforce fail at inline_container.cc:672]`."""
+    import resource
+
+    out = tmp_path / "run"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the checkpoint is ~440 kB
+
+    r = subprocess.run([sys.executable, "-m", "lvm", "run", "vae2d", *TINY2D, "--out", str(out)], env=ENV,
+                       preexec_fn=limit, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip() == (f"Error: cannot write {out / 'checkpoint.pt'}: the file is larger than this process "
+                                "may write (a file-size limit, `ulimit -f`); no checkpoint had been written yet")
+    assert not out.exists()  # nothing written, so the folder this run made is gone again
+
+
+SIGTERM_IN_FIGURES = """
+import dataclasses, os, signal, sys, time
+from lvm import registry
+from lvm.cli import main
+real = registry.get
+
+def get(name):
+    spec = real(name)
+    def figures(model, data, out, title):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's SIGTERM, while the samples are drawn
+        time.sleep(30)
+    return dataclasses.replace(spec, figures=figures)
+
+registry.get = get
+sys.argv = ["lvm", *sys.argv[1:]]
+main()
+"""
+
+
+def test_sigterm_while_drawing_figures_stops_cleanly(tmp_path):
+    """Finding 6: SIGTERM after training, during final sampling, was silent: no message, no
+    metrics.json, a stale lock."""
+    out = tmp_path / "run"
+    args = ["run", "vae2d", *TINY2D, "--out", str(out)]
+    r = subprocess.run([sys.executable, "-c", SIGTERM_IN_FIGURES, *args], env=ENV, capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"interrupted while drawing the figures (training had finished); the last good checkpoint is "
+                     f"kept in {out / 'checkpoint.pt'}", f"resume with: lvm {' '.join(args)} --resume"], r.stderr
+    assert not (out / ".lock").exists() and not (out / "metrics.json").exists()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    r = CliRunner().invoke(cli, [*args, "--resume"])  # the folder is free, and the run finishes
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "metrics.json").read_text())["resumed"] is True

@@ -388,10 +388,18 @@ def _take_finished_stages(spec: ModelSpec, config: Any, data: Data, cfg: TrainCo
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a checkpoint: `model, meta = load_model("runs/.../checkpoint.pt")`."""
     state = load(path, map_location)
-    meta = state["meta"]
+    meta = state.get("meta")
+    data = meta.get("data") if isinstance(meta, dict) else None
+    if not isinstance(data, dict) or not {"name", "kind", "shape"} <= set(data) or not isinstance(meta.get("model"), str):
+        raise UserError(f"{path}: the checkpoint does not say which model and data it was trained on "
+                        "(meta.model, meta.data); it was not written by lvm run")
     try:
         spec = registry.get(meta["model"])
         config = configs.from_dict(spec.config, meta["config"])
+        try:
+            configs.check(config)
+        except UserError as e:
+            raise UserError(f"{path}: its config is not one lvm builds ({e})") from None
         models = []
         for stage in spec.stages:
             if stage.name not in state["stages"]:
@@ -400,16 +408,20 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
             model = stage.build(config)
             model.load_state_dict(state["stages"][stage.name]["model"])
             models.append(model)
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise UserError(f"{path}: checkpoint does not match its model ({type(e).__name__}: {e})") from None
+    except (KeyError, RuntimeError, TypeError, ValueError, ArithmeticError) as e:
+        raise UserError(f"{path}: checkpoint does not match its model ({type(e).__name__}: {_first_line(e)})") from None
     model = spec.assemble(config, models) if spec.assemble else models[-1]
     return model.eval(), meta
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
 def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0, temperature: float = 1.0) -> Path:
     """Draw n samples from a trained model and plot them (a grid of images, or a scatter)."""
-    if not temperature > 0:
-        raise UserError(f"--temperature must be positive, got {temperature}")
+    if not 0 < temperature < float("inf"):
+        raise UserError(f"--temperature must be a positive number, got {temperature}")
     out = png_path(out)
     model, meta = load_model(checkpoint)
     takes_temperature = "temperature" in inspect.signature(model.sample).parameters
