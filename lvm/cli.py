@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import importlib
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -40,6 +42,10 @@ class Group(click.Group):
             formatter.write_dl(rows)
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if hasattr(signal, "SIGXFSZ") and threading.current_thread() is threading.main_thread():
+            # past a file-size limit (`ulimit -f`) a write fails with EFBIG, said in one line,
+            # instead of the process dying silently with half a file
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:

@@ -4,31 +4,85 @@ labels and the official numbers come from each model's spec; nothing here names 
 from __future__ import annotations
 
 import json
+import math
+import sys
 from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
 
+from lvm.engine import files
 from lvm.engine.errors import UserError
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
-def collect(figures: Path) -> list[dict]:
-    """Every `FIGURES/*/*/metrics.json`, each with the folder it came from."""
+def collect(figures: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
+    """Every `FIGURES/*/*/metrics.json`, each with the folder it came from. A metrics.json is
+    input we do not trust (anyone may have edited it): one that is not what `lvm run` writes is
+    skipped, with one line through `warn` naming it and why; strings are escaped for markdown."""
+    warn = warn or (lambda line: print(line, file=sys.stderr))
     figures = Path(figures)
     if not figures.is_dir():
         raise UserError(f"no folder {figures}: give --figures the folder that holds MODEL/DATASET/metrics.json")
     runs = []
     for path in sorted(figures.glob("*/*/metrics.json")):
         try:
-            m = json.loads(path.read_text())
-            if not isinstance(m, dict) or not {"model", "dataset", "test"} <= set(m) or not isinstance(m["test"], dict):
-                raise ValueError("not a metrics.json written by lvm run")
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot read {path}: {e}") from None
-        m["folder"] = str(path.parent)
+            m = _checked(json.loads(path.read_text()))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            reason = e.strerror if isinstance(e, OSError) else "nested too deeply" if isinstance(e, RecursionError) else e
+            warn(f"skipped {_one_line(str(path))}: {_one_line(str(reason))}")
+            continue
+        m["folder"] = quote(str(path.parent), safe="/-_.~")  # a link's target: no space or bracket ends it
         runs.append(m)
     if not runs:
         raise UserError(f"no runs in {figures}: expected {figures}/MODEL/DATASET/metrics.json")
     return runs
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _md(text: str) -> str:
+    """`text` as literal text in a markdown table cell: one line, no cell break, no HTML (a
+    `<!-- results:end -->` in a device name must not end the results block)."""
+    return _one_line(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} is not a number")
+    try:
+        if not math.isfinite(value):
+            raise ValueError(f"{what} is not a finite number")
+    except OverflowError:
+        raise ValueError(f"{what} is not a finite number") from None
+    return float(value) if isinstance(value, float) else value
+
+
+def _checked(m: Any) -> dict:
+    """The fields the table reads, checked (a ValueError says what is wrong) and made safe."""
+    if not isinstance(m, dict) or not {"model", "dataset", "test"} <= set(m):
+        raise ValueError("not a metrics.json written by lvm run")
+    for key in ("model", "dataset", "device", "precision"):
+        if key in m and not isinstance(m[key], str):
+            raise ValueError(f"{key} is not a string")
+    if not isinstance(m["test"], dict) or not m["test"]:
+        raise ValueError("test is not a set of numbers")
+    test = {_md(str(k)): _number(v, f"test.{k}") for k, v in m["test"].items()}
+    for key in ("seconds", "epochs"):
+        if key in m:
+            _number(m[key], key)
+    config = m.get("config", {})
+    if not isinstance(config, dict) or not isinstance(config.get("train", {}), dict):
+        raise ValueError("config is not a mapping")
+    if "train_size" in config and config["train_size"] is not None:
+        _number(config["train_size"], "config.train_size")
+    amp = config.get("train", {}).get("amp")
+    safe = {k: _md(v) if isinstance(v, str) else v for k, v in m.items()}
+    safe["config"] = {"train_size": config.get("train_size"), "train": {"amp": amp if isinstance(amp, str) else None}}
+    safe["test"] = test
+    return safe
 
 
 def _fmt(x: float) -> str:
@@ -91,5 +145,7 @@ def write_readme(readme: Path, tab: str) -> None:
     if START not in text or END not in text:
         raise UserError(f"{readme} has no results markers ({START} ... {END})")
     before, rest = text.split(START, 1)
+    if END not in rest:
+        raise UserError(f"{readme}: the results markers are out of order ({END} before {START})")
     after = rest.split(END, 1)[1]
-    Path(readme).write_text(f"{before}{START}\n{tab}\n{END}{after}")
+    files.write_text(readme, f"{before}{START}\n{tab}\n{END}{after}", kept=f"{readme} is unchanged")

@@ -96,6 +96,23 @@ def _overrides_for(spec: ModelSpec, pairs: tuple[str, ...]) -> dict[str, Any]:
     return configs.parse_overrides(spec.config, mine, fixed=tuple(spec.from_data))
 
 
+def check_rows(rows: list[Row], specs: dict[str, ModelSpec], settings: dict[str, dict[str, Any]],
+               data_dir: str | Path | None, download: bool, **budget: Any) -> None:
+    """Every row's dataset, config and budget, checked before the first row trains: a missing
+    dataset or a value out of range fails now, in one line naming the row, not after hours."""
+    from dataclasses import replace
+
+    infos = {name: datasets.load(name, data_dir, 1, 1, download=download).info
+             for name in dict.fromkeys(r.dataset for r in rows)}
+    for row in rows:
+        spec = specs[row.model]
+        try:
+            config = pipeline.make_config(spec, infos[row.dataset], {**settings[row.model], **row.changes})
+            pipeline.check_budget(spec, config, replace(spec.train, **{k: v for k, v in budget.items() if v is not None}))
+        except UserError as e:
+            raise UserError(f"{row.label()}: {e}") from None
+
+
 def run(
     dataset: str,
     *,
@@ -126,9 +143,7 @@ def run(
     unused = [p for p in overrides if not any(p.partition("=")[0].strip().replace("-", "_") in s for s in settings.values())]
     if unused:
         raise UserError(f"-o {unused[0]}: no model of this table has that field")
-    for name in dict.fromkeys(r.dataset for r in rows):  # a missing dataset fails now, not after hours
-        if not datasets.source(name).builtin and not datasets.on_disk(name, data_dir):
-            datasets.load(name, data_dir, 1, 1, download=download)
+    check_rows(rows, specs, settings, data_dir, download, epochs=epochs, seed=seed, device=device)
     figures = Path(figures)
 
     done = []

@@ -102,7 +102,7 @@ def test_missing_dataset_is_one_line_exit_2(tmp_path):
         (["run", "vae2d", "--epochs", "many"], "not a valid integer"),
         (["run", "vae2d", "--amp", "fast"], "'fast' is not one of"),
         (["run", "vae2d", "-o", "prior=gated"], "no field 'prior' in VAE2dConfig; fields: latent_dim, hidden, "),
-        (["run", "vqvae", "-o", "num_codes=many"], "-o num_codes=many: expected a whole number (num_codes is int)"),
+        (["run", "vqvae", "-o", "num_codes=many"], "-o num_codes=many: expected a whole number (num_codes is int [2, 65536])"),
         (["run", "vqvae", "-o", "prior=transformers"], "expected one of pixelcnn, gated"),
         (["run", "vqvae", "-o", "channels=1"], "field 'channels' is set from the dataset"),
         (["run", "vqvae", "-o", "num_codes"], "-o takes FIELD=VALUE, got 'num_codes'"),

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
@@ -163,3 +164,320 @@ def test_resume_seeds_tiny_tests_and_picture_names_never_traceback(tmp_path, cas
                 written = r.output.strip().split()[-1]
                 assert Path(cwd, written).read_bytes()[:4] == b"\x89PNG", r.output
         assert {p.name for p in Path(cwd).iterdir()} <= {"out", "x.png", "x.PNG", "sub"}, "wrote outside"
+
+
+# ----------------------------------------------------------------------------- issue 25: nothing lost,
+# nothing half-written. One test per finding of the adversarial pass.
+
+TINY2D = ["--dataset", "gaussians-b1", "--train-limit", "256", "--test-limit", "64", "--device", "cpu", "--epochs", "1"]
+TINY_IMG = ["--dataset", "shapes", "--train-limit", "16", "--test-limit", "8", "--batch-size", "8", "--device", "cpu",
+            "--epochs", "1"]
+
+
+def _one_line(r, expect: str = "") -> None:
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert expect in r.output, r.output
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _finished(tmp_path) -> Path:
+    out = tmp_path / "finished"
+    r = CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_resume_refuses_another_models_run_and_changes_nothing(tmp_path):
+    """Finding 1: `lvm run vae --resume` into a finished vae2d run trained a vae from scratch over it."""
+    out = _finished(tmp_path)
+    before = _snapshot(out)
+    r = CliRunner().invoke(cli, ["run", "vae", *TINY_IMG, *TINY_VAE, "--out", str(out), "--resume"])
+    _one_line(r, "it holds a vae2d run (stages vae2d), this run is vae (stages vae)")
+    assert _snapshot(out) == before
+
+
+def test_overwrite_with_a_bad_override_deletes_nothing(tmp_path):
+    """Finding 2: `--overwrite -o latent_dim=-1` deleted the run, then crashed."""
+    out = _finished(tmp_path)
+    before = _snapshot(out)
+    r = CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(out), "--overwrite", "-o", "latent_dim=-1"])
+    _one_line(r, "-o latent_dim=-1: must be at least 1")
+    assert _snapshot(out) == before
+
+
+# Finding 3: each of these was a traceback, or was accepted silently.
+BAD_SETTINGS = [
+    ("vqvae", ["-o", "num_codes=0"]), ("vqvae", ["-o", "code_dim=0"]), ("vqvae", ["-o", "num_codes=10000000"]),
+    ("vae", ["-o", "enc_widths=0,0,0,0"]), ("vae", ["-o", "latent_dim=-1"]), ("vae2d", ["-o", "latent_dim=-1"]),
+    ("vae2d", ["-o", "eval_samples=-1"]), ("pixelvae", ["-o", "n_layers=0"]), ("pixelvae", ["-o", "kernel=0"]),
+    ("pixelvae", ["-o", "first_kernel=2"]), ("vqvae", ["-o", "beta=-1"]), ("vqvae", ["-o", "ema_decay=2"]),
+    ("pixelvae", ["-o", "free_bits=-1"]), ("vae2d", ["-o", "latent_dim=0"]), ("vae2d", ["-o", "hidden=0"]),
+    ("vqvae", ["-o", "prior_epochs=0"]), ("vae2d", ["--epochs", "99999999999999999999"]),
+    ("vae2d", ["--batch-size", "100000000000"]),
+]
+
+
+@pytest.mark.parametrize("model,args", BAD_SETTINGS, ids=lambda a: a if isinstance(a, str) else "=".join(a))
+def test_out_of_range_settings_are_one_line_and_touch_nothing(tmp_path, model, args):
+    dataset = {"vae2d": "gaussians-b1", "pixelvae": "fashion-mnist-binary"}.get(model, "shapes")
+    out = tmp_path / "sub" / "out"
+    r = CliRunner().invoke(cli, ["run", model, "--dataset", dataset, "--train-limit", "8", "--test-limit", "8",
+                                 "--device", "cpu", *args, "--out", str(out)])
+    _one_line(r, "must be")
+    assert not (tmp_path / "sub").exists()
+
+
+@pytest.mark.parametrize("setting", ["num_codes=0", "latent_dim=-1"])
+def test_table_checks_every_row_before_the_first_trains(tmp_path, setting):
+    """Finding 3: `lvm table -o num_codes=0` failed after two rows had trained; `-o latent_dim=-1`
+    left an empty folder."""
+    figures = tmp_path / "figures"
+    r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--figures", str(figures), "--epochs", "1",
+                                 "--train-limit", "8", "--test-limit", "8", "--device", "cpu", "-o", setting])
+    _one_line(r, f"-o {setting}: must be at least")
+    assert not figures.exists()
+
+
+def test_show_prints_each_fields_range():
+    r = CliRunner().invoke(cli, ["show", "vqvae"])
+    assert r.exit_code == 0, r.output
+    assert "num_codes       int [2, 65536]" in r.output and "float or none [0, 1)" in r.output
+
+
+HAMMER = """
+import os, sys, time
+from pathlib import Path
+from lvm.engine.errors import UserError
+from lvm.engine.files import claim as _claim
+out, log, n = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+print("ready", flush=True)
+while not Path(log + ".go").exists():  # all start hammering together
+    time.sleep(0.001)
+held = 0
+for i in range(n):
+    try:
+        with _claim(out):
+            fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+            os.write(fd, f"in {os.getpid()}\\n".encode())
+            time.sleep(0.0005)
+            os.write(fd, f"out {os.getpid()}\\n".encode())
+            os.close(fd)
+            held += 1
+            if i % 3 == 0:  # a failed run in a folder it made: the folder is removed again
+                raise RuntimeError
+    except (UserError, RuntimeError):
+        pass
+print(held)
+"""
+
+
+def test_the_folder_lock_is_never_held_twice(tmp_path):
+    """Finding 5: `_claim` closed, then deleted the lock file, so that a process that had opened
+    the old file could lock it while another created and locked a new one."""
+    out, log = tmp_path / "runs" / "out", tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", HAMMER, str(out), str(log), "150"], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        assert p.stdout.readline() == "ready\n"
+    Path(f"{log}.go").touch()
+    results = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    inside, overlaps = None, 0
+    lines = log.read_text().splitlines()
+    for line in lines:
+        what, pid = line.split()
+        if what == "in":
+            overlaps += inside is not None
+            inside = pid
+        elif inside == pid:
+            inside = None
+    assert overlaps == 0, f"{overlaps} overlapping holders in {len(lines) // 2} holds"
+    assert sum(int(o) for o, _ in results) == len(lines) // 2 >= 3
+
+
+REPO = Path(__file__).resolve().parent.parent
+GOOD = json.loads((REPO / "figures/vae2d/gaussians-a1/metrics.json").read_text())
+
+
+def _figures_with(tmp_path, bad: dict[str, str]) -> Path:
+    """A figures folder holding one good run and a metrics.json of text `bad[name]` per name."""
+    figures = tmp_path / "figures"
+    (figures / "vae2d" / "gaussians-a1").mkdir(parents=True)
+    (figures / "vae2d" / "gaussians-a1" / "metrics.json").write_text(json.dumps(GOOD))
+    for name, text in bad.items():
+        (figures / "vae2d" / name).mkdir()
+        (figures / "vae2d" / name / "metrics.json").write_text(text)
+    return figures
+
+
+def _readme(tmp_path) -> Path:
+    readme = tmp_path / "README.md"
+    readme.write_text("# lvm\n" + "words " * 4000 + "\n<!-- results:start -->\nold table\n<!-- results:end -->\n"
+                      + "more words " * 3000 + "\n")
+    return readme
+
+
+def test_report_write_under_a_file_size_limit_leaves_the_readme_byte_identical(tmp_path):
+    """Finding 4: under `ulimit -f` the README was cut from 49,419 to 20,480 bytes."""
+    import resource
+
+    figures, readme = _figures_with(tmp_path, {}), _readme(tmp_path)
+    before = readme.read_bytes()
+    assert len(before) > 40_000
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_480, 20_480))
+
+    r = subprocess.run([sys.executable, "-m", "lvm", "report", "--figures", str(figures), "--write", str(readme)],
+                       env={**ENV, "PYTHONPATH": str(REPO)}, cwd=REPO, preexec_fn=limit, capture_output=True, text=True)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip() == (f"Error: cannot write {readme}: the file is larger than this process may write "
+                                f"(a file-size limit, `ulimit -f`); {readme} is unchanged")
+    assert readme.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["README.md", "figures"]  # no temporary left
+
+
+HOSTILE = {
+    "huge": json.dumps({**GOOD, "test": {"neg_elbo": 1}}).replace('"neg_elbo": 1', '"neg_elbo": 1' + "0" * 400),
+    "string": json.dumps({**GOOD, "test": {"neg_elbo": "4.4"}}),
+    "nullseconds": json.dumps({**GOOD, "seconds": None}),
+    "listconfig": json.dumps({**GOOD, "config": [1, 2]}),
+    "deep": "[" * 100_000 + "]" * 100_000,
+    "nan": json.dumps({**GOOD, "test": {"neg_elbo": float("nan")}}),
+}
+
+
+def test_report_treats_metrics_as_untrusted(tmp_path):
+    """Finding 4: hostile metrics.json files gave tracebacks; a device with a newline or
+    `<!-- results:end -->` was written into the README as markup and broke the next rewrite."""
+    evil = {**GOOD, "device": "cpu\n| x | <!-- results:end -->"}
+    figures = _figures_with(tmp_path, {**HOSTILE, "gaussians-a2": json.dumps(evil)})
+    readme = _readme(tmp_path)
+    for _ in range(2):  # the second rewrite finds the markers the first one wrote
+        r = CliRunner().invoke(cli, ["report", "--figures", str(figures), "--write", str(readme)])
+        assert r.exit_code == 0, r.output
+        skipped = r.stderr.strip().splitlines()
+        assert len(skipped) == len(HOSTILE), r.stderr
+        for name in HOSTILE:
+            assert any(line.startswith(f"skipped {figures / 'vae2d' / name / 'metrics.json'}: ") for line in skipped)
+    text = readme.read_text()
+    assert text.count("<!-- results:end -->") == 1 and text.count("<!-- results:start -->") == 1
+    rows = [line for line in text.splitlines() if line.startswith("| vae2d")]
+    assert len(rows) == 2 and all(row.count(" | ") == 8 for row in rows), rows
+    assert "cpu \\| x \\| &lt;!-- results:end --&gt;" in text
+
+
+TINY_VQ = ["--dataset", "shapes", "--train-limit", "16", "--test-limit", "8", "--batch-size", "8", "--epochs", "1",
+           "--device", "cpu", "-o", "code_dim=4", "-o", "width=4", "-o", "num_codes=4", "-o", "prior_epochs=1"]
+
+
+@pytest.fixture(scope="module")
+def vqvae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vq") / "run"
+    r = CliRunner().invoke(cli, ["run", "vqvae", *TINY_VQ, "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_sampling_at_a_tiny_temperature_is_nearly_argmax(vqvae_run, tmp_path):
+    """Finding 8: `lvm sample --temperature 1e-300` was a traceback for every autoregressive prior."""
+    r = CliRunner().invoke(cli, ["sample", "--checkpoint", str(vqvae_run / "checkpoint.pt"), "-n", "2",
+                                 "--temperature", "1e-300", "--out", str(tmp_path / "s.png")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    for bad in ("inf", "0", "-1"):
+        _one_line(CliRunner().invoke(cli, ["sample", "--checkpoint", str(vqvae_run / "checkpoint.pt"),
+                                           "--temperature", bad]), "--temperature must be a positive number")
+
+
+def test_checkpoints_without_data_or_with_a_bad_config_are_one_line(vqvae_run, tmp_path):
+    """Finding 8: a checkpoint without meta.data, or with num_codes=0 in its config, gave a bare
+    KeyError / ZeroDivisionError in `lvm sample` and `lvm.load_model`."""
+    import lvm
+    from lvm.engine.errors import UserError
+
+    state = torch.load(vqvae_run / "checkpoint.pt", weights_only=True)
+    no_data, zero = tmp_path / "nodata.pt", tmp_path / "zero.pt"
+    torch.save({**state, "meta": {k: v for k, v in state["meta"].items() if k != "data"}}, no_data)
+    torch.save({**state, "meta": {**state["meta"], "config": {**state["meta"]["config"], "num_codes": 0}}}, zero)
+    for path, expect in ((no_data, "does not say which model and data"), (zero, "num_codes=0: must be at least 2")):
+        _one_line(CliRunner().invoke(cli, ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "x.png")]),
+                  expect)
+        with pytest.raises(UserError, match=expect):
+            lvm.load_model(path)
+    assert not (tmp_path / "x.png").exists()
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", ""])
+    p.wait()
+    return p.pid
+
+
+def test_a_killed_writers_temporary_files_are_removed_by_the_next_run(tmp_path):
+    """Finding 7: SIGKILL during a save left `.checkpoint.pt.<pid>.tmp` in the run folder for good."""
+    out = _finished(tmp_path)
+    dead, alive = _dead_pid(), os.getppid()
+    for name in (f".checkpoint.pt.{dead}.tmp", f".metrics.json.{dead}.tmp", f".checkpoint.pt.{alive}.tmp"):
+        (out / name).write_bytes(b"half a file")
+    r = CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in out.iterdir() if p.name.endswith(".tmp")) == [f".checkpoint.pt.{alive}.tmp"]
+
+
+def test_a_file_size_limit_during_a_checkpoint_is_one_line_naming_the_path(tmp_path):
+    """Finding 7: a failed checkpoint write said torch's `[enforce fail at inline_container.cc:672]`."""
+    import resource
+
+    out = tmp_path / "run"
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))  # the checkpoint is ~440 kB
+
+    r = subprocess.run([sys.executable, "-m", "lvm", "run", "vae2d", *TINY2D, "--out", str(out)], env=ENV,
+                       preexec_fn=limit, capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip() == (f"Error: cannot write {out / 'checkpoint.pt'}: the file is larger than this process "
+                                "may write (a file-size limit, `ulimit -f`); no checkpoint had been written yet")
+    assert not out.exists()  # nothing written, so the folder this run made is gone again
+
+
+SIGTERM_IN_FIGURES = """
+import dataclasses, os, signal, sys, time
+from lvm import registry
+from lvm.cli import main
+real = registry.get
+
+def get(name):
+    spec = real(name)
+    def figures(model, data, out, title):
+        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's SIGTERM, while the samples are drawn
+        time.sleep(30)
+    return dataclasses.replace(spec, figures=figures)
+
+registry.get = get
+sys.argv = ["lvm", *sys.argv[1:]]
+main()
+"""
+
+
+def test_sigterm_while_drawing_figures_stops_cleanly(tmp_path):
+    """Finding 6: SIGTERM after training, during final sampling, was silent: no message, no
+    metrics.json, a stale lock."""
+    out = tmp_path / "run"
+    args = ["run", "vae2d", *TINY2D, "--out", str(out)]
+    r = subprocess.run([sys.executable, "-c", SIGTERM_IN_FIGURES, *args], env=ENV, capture_output=True, text=True,
+                       timeout=120, cwd=REPO)
+    assert r.returncode == 130, (r.returncode, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert lines == [f"interrupted while drawing the figures (training had finished); the last good checkpoint is "
+                     f"kept in {out / 'checkpoint.pt'}", f"resume with: lvm {' '.join(args)} --resume"], r.stderr
+    assert not (out / ".lock").exists() and not (out / "metrics.json").exists()
+    assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
+    r = CliRunner().invoke(cli, [*args, "--resume"])  # the folder is free, and the run finishes
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "metrics.json").read_text())["resumed"] is True

@@ -135,7 +135,7 @@ def test_a_full_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     def save(obj, f, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 2:  # the second epoch's checkpoint: half written, then the disk is full
-            Path(f).write_bytes(b"partial")
+            f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kwargs)
 

@@ -39,5 +39,8 @@ def sample_categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0:
         return logits.argmax(dim=1)
-    probs = torch.softmax(logits.float() / temperature, dim=1)  # (B, K), float32 under autocast too
+    # in float64 (also under autocast), with the largest logit at 0 first: divided by a tiny
+    # temperature (1e-300 is one, nearly argmax) the others go to -inf, never to inf - inf = NaN
+    logits = logits.double()
+    probs = torch.softmax((logits - logits.amax(dim=1, keepdim=True)) / temperature, dim=1)  # (B, K)
     return torch.multinomial(probs, 1).squeeze(1)

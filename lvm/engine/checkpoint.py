@@ -8,47 +8,35 @@ step, history, random state) plus its `meta`: what it was trained from. A run of
 weights once, and a resumed run finds every stage where it stopped.
 
 Writes go to a temporary file named after the process, then replace the checkpoint in one
-rename: a reader never sees half a file, a crash or a full disk never costs the last good one.
+rename (`lvm.engine.files`): a reader never sees half a file, a crash or a full disk never costs
+the last good one.
 """
 
 from __future__ import annotations
 
-import errno
-import os
-import shutil
+import io
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from lvm.engine import files
 from lvm.engine.errors import UserError
 
 FORMAT = "lvm-checkpoint-2"
 
 
 def save(path: Path, state: dict[str, Any]) -> None:
-    """Write `state` to `path` atomically; a failed write leaves the old file and no temporary."""
+    """Write `state` to `path` atomically (`lvm.engine.files`); a failed write leaves the old file
+    and no temporary, and says why in one line naming the path."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # torch reports a short write as a RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {_reason(e, path.parent)}") from None
-
-
-def _reason(e: BaseException, folder: Path) -> str:
-    full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
-    if not full:  # torch wraps the OS error of a short write in its own message
-        try:
-            full = shutil.disk_usage(folder).free < 64 * 2**20
-        except OSError:
-            pass
-    if full:
-        return f"the disk holding {folder} is full; the last good checkpoint is kept"
-    return getattr(e, "strerror", None) or str(e).splitlines()[0]
+    kept = "the last good checkpoint is kept" if path.exists() else "no checkpoint had been written yet"
+    buffer = io.BytesIO()  # serialised in memory, so that the file is written by plain OS calls
+    try:  # whose errors (ENOSPC, EFBIG, EACCES) name their cause, not torch's container internals
+        torch.save(state, buffer)
+    except OSError as e:
+        raise UserError(f"cannot write {path}: {files.cause(e)}; {kept}") from None
+    files.write_bytes(path, buffer.getbuffer(), kept=kept)
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

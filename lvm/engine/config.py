@@ -4,6 +4,11 @@ The dataclass is the one statement of a model's hyperparameters: its defaults ar
 and the comment beside (or just above) each field is its description in `lvm show MODEL`. Values
 are parsed by the field's annotation: int, float, bool, str, a `Literal[...]` of choices, a tuple
 ("64,64"), or any of these `| None` ("none").
+
+What a value may be beyond its type is declared in the annotation too, `Annotated[int, Range(1,
+4096)]`: the range of a number (of each item of a tuple), and whether it must be odd. `check`
+applies every field's range, and the config's `RULES` (relations between fields), before
+anything is built or written; `lvm show` prints them.
 """
 
 from __future__ import annotations
@@ -15,9 +20,53 @@ import re
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from lvm.engine.errors import UserError
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a number field may take (each item, for a tuple): lo <= value <= hi, with an
+    end left out where `lo_open`/`hi_open`, and only odd ones where `odd` (a centred kernel)."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    odd: bool = False
+
+    def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+        lo = "" if self.lo is None else f"{'(' if self.lo_open else '['}{num(self.lo)}"
+        hi = "" if self.hi is None else f"{num(self.hi)}{')' if self.hi_open else ']'}"
+        ends = f"{lo}, {hi}" if lo and hi else (f">{'' if self.lo_open else '='} {num(self.lo)}" if lo
+                                                 else f"<{'' if self.hi_open else '='} {num(self.hi)}")
+        return ("odd in " if self.odd else "") + ends
+
+    def problem(self, value: Any) -> str | None:
+        """Why `value` is out of range, or None."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None  # not a number: the type check's business
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number"
+        if self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo):
+            return f"must be {'above' if self.lo_open else 'at least'} {self.lo:g}"
+        if self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi):
+            return f"must be {'below' if self.hi_open else 'at most'} {self.hi:g}"
+        if self.odd and value % 2 != 1:
+            return "must be odd"
+        return None
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A relation between fields that no single range says: `holds(config)`, else `message`."""
+
+    holds: Callable[[Any], bool]
+    message: str
 
 
 @dataclass(frozen=True)
@@ -26,9 +75,10 @@ class Field:
     type: Any  # the resolved annotation
     default: Any
     help: str
+    range: Range | None = None
 
     def type_name(self) -> str:
-        return _type_name(self.type)
+        return _type_name(self.type) + (f" {self.range}" if self.range else "")
 
 
 def _type_name(t: Any) -> str:
@@ -70,12 +120,33 @@ def _comments(cls: type) -> dict[str, str]:
 def fields(cls: type) -> list[Field]:
     """The config's fields with their resolved types, defaults and descriptions."""
     hints = typing.get_type_hints(cls)
+    extras = typing.get_type_hints(cls, include_extras=True)
     notes = _comments(cls)
     out = []
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        out.append(Field(f.name, hints[f.name], default, notes.get(f.name, "")))
+        ranges = [r for r in getattr(extras[f.name], "__metadata__", ()) if isinstance(r, Range)]
+        out.append(Field(f.name, hints[f.name], default, notes.get(f.name, ""), ranges[0] if ranges else None))
     return out
+
+
+def check(config: Any, fixed: tuple[str, ...] = ()) -> None:
+    """Refuse, in one line, a config with a value out of its field's range or breaking one of its
+    `RULES`; `fixed` fields (set from the data) are named as such."""
+    for f in fields(type(config)):
+        value = getattr(config, f.name)
+        items = value if isinstance(value, tuple) else (value,)
+        if isinstance(value, tuple) and not value and typing.get_args(f.type)[-1:] == (Ellipsis,):
+            raise UserError(f"-o {f.name}=: give at least one value ({f.name} is {f.type_name()})")
+        problem = next((p for p in map(f.range.problem, items) if p), None) if f.range else None
+        if problem:
+            shown = ",".join(map(str, items)) if isinstance(value, tuple) else value
+            where = f"{f.name} (set from the data)" if f.name in fixed else f"-o {f.name}={shown}"
+            each = "each value " if isinstance(value, tuple) else ""
+            raise UserError(f"{where}: {each}{problem} ({f.name} is {f.type_name()})")
+    for rule in getattr(type(config), "RULES", ()):
+        if not rule.holds(config):
+            raise UserError(f"{type(config).__name__}: {rule.message}")
 
 
 def parse_value(field: Field, text: str) -> Any:

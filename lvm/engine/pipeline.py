@@ -11,15 +11,16 @@ into one folder at once (a lock file names the holder).
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import inspect
 import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -32,9 +33,10 @@ from torch import nn
 from lvm import registry
 from lvm.engine import config as configs
 from lvm.engine import data as datasets
+from lvm.engine import files
 from lvm.engine.checkpoint import RunFile, load
 from lvm.engine.data import Data, DataInfo, picture
-from lvm.engine.errors import UserError
+from lvm.engine.errors import Interrupted, UserError
 from lvm.engine.plotting import png_path, plot_training, save_image_grid, save_reconstructions, save_scatter
 from lvm.engine.spec import ModelSpec
 from lvm.engine.train import (History, TrainConfig, check_resumable, cpu_flags, cpu_has_bf16, fast_path, fit, init_distributed,
@@ -45,9 +47,7 @@ RUNS = Path("runs")  # where `lvm run` writes when no --out is given (git-ignore
 
 def write_json(path: Path, obj: Any) -> None:
     """Atomic JSON write (a temporary file of this process, then a rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    files.write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def describe_device(device: torch.device, threads: int | None = None) -> str:
@@ -82,9 +82,18 @@ def make_config(spec: ModelSpec, info: DataInfo, overrides: dict[str, Any] | Non
     if fixed:
         raise UserError(f"field '{fixed[0]}' of {spec.name} is set from the dataset and cannot be changed")
     try:
-        return dataclasses.replace(spec.default_config(info), **(overrides or {}))
+        config = dataclasses.replace(spec.default_config(info), **(overrides or {}))
     except (TypeError, ValueError) as e:
         raise UserError(f"{spec.name}: {e}") from None
+    configs.check(config, tuple(spec.from_data))
+    return config
+
+
+def check_budget(spec: ModelSpec, config: Any, cfg: TrainConfig) -> None:
+    """Every stage's budget, checked before any stage trains (a later stage's own epochs too)."""
+    cfg.validate()
+    for stage in spec.stages:
+        stage_train_config(stage, config, cfg).validate()
 
 
 def variant_of(spec: ModelSpec, config: Any) -> str | None:
@@ -196,43 +205,49 @@ def _check_folder(out: Path, resume: bool, overwrite: bool) -> None:
                         "or choose another --out")
 
 
+def _check_resume(spec: ModelSpec, config: Any, data: Data, cfg: TrainConfig, file: RunFile) -> None:
+    """A resumed run continues the folder's own run: the same model, the same stages, and the
+    settings of every stage that would continue (not those a retrained earlier stage restarts).
+    Checked before anything trains, so a refused resume changes nothing."""
+    mine = [s.name for s in spec.stages]
+    theirs, stages = file.meta.get("model") if isinstance(file.meta, dict) else None, list(file.stages)
+    if theirs != spec.name or not set(stages) <= set(mine):
+        raise UserError(f"cannot resume {file.path}: it holds a {theirs or 'unknown'} run (stages "
+                        f"{', '.join(stages) or 'none'}), this run is {spec.name} (stages {', '.join(mine)}); "
+                        "choose another --out, or --overwrite to start it again")
+    for i, stage in enumerate(spec.stages):
+        state, scfg = file.stages.get(stage.name), stage_train_config(stage, config, cfg)
+        if not isinstance(state, dict):
+            return
+        try:
+            check_resumable(state, stage_meta(spec, config, data, i), scfg, str(file.path))
+            finished = (state["epoch"], state["step"]) == (scfg.epochs, 0)
+        except (KeyError, TypeError):
+            raise UserError(f"cannot resume {file.path}: its {stage.name} stage is not a state lvm wrote") from None
+        if not finished:  # it trains on, so the stages after it start again: nothing of theirs to check
+            return
+
+
 @contextmanager
-def _claim(out: Path) -> Iterator[None]:
-    """Create `out` if needed and hold its lock for the whole run. A second writer is refused in
-    one line naming the holder. A folder this run created is removed again if the run fails
-    before it wrote anything into it."""
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / ".lock", "a+")
-    except OSError as e:
-        raise UserError(f"cannot write to output folder {out}: {e.strerror or e}") from None
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = ""
-        for _ in range(20):  # the holder writes its pid just after taking the lock: give it a moment
-            lock.seek(0)
-            holder = lock.read().strip()
-            if holder:
-                break
-            time.sleep(0.05)
-        lock.close()
-        holder = holder or "another process"
-        raise UserError(f"{out} is in use by another lvm run ({holder}); wait for it, or choose another --out") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(f"pid {os.getpid()} on {platform.node()}")
-    lock.flush()
+def _stops_cleanly(out: Path, what: dict[str, str]) -> Iterator[None]:
+    """SIGINT/SIGTERM at any step of a run (the trainer has its own, between minibatches): one
+    line saying what was being done and what is kept, instead of a silent death. `what["now"]`
+    names the step under way."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal API
+        kept = (f"the last good checkpoint is kept in {out / 'checkpoint.pt'}" if (out / "checkpoint.pt").exists()
+                else "no checkpoint had been written yet")
+        raise Interrupted(f"interrupted while {what['now']}; {kept}")
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
-    except BaseException:
-        if created and {p.name for p in out.iterdir()} <= {".lock"}:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
     finally:
-        lock.close()
-        (out / ".lock").unlink(missing_ok=True)
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def run(
@@ -273,7 +288,8 @@ def run(
               "and training runs several times slower than in float32; --amp auto picks float32 here",
               file=sys.stderr, flush=True)
     data = datasets.load(dataset, data_dir, train_limit, test_limit, download=download)
-    config = make_config(spec, data.info, overrides)
+    config = make_config(spec, data.info, overrides)  # every value checked before anything is touched
+    check_budget(spec, config, cfg)
     variant = variant_of(spec, config)
     out = Path(out) if out else RUNS / model / (dataset + (f"-{variant}" if variant else ""))
     checkpoint = out / "checkpoint.pt"
@@ -281,9 +297,9 @@ def run(
     meta = {"model": spec.name, "variant": variant, "config": configs.to_dict(config),
             "data": configs.json_ready(asdict(data.info))}
 
-    def train_into(folder: Path) -> tuple[Trained, float, str | None]:
+    def train_into(folder: Path, file: RunFile | None = None) -> tuple[Trained, float, str | None]:
         start, code = time.perf_counter(), code_version()
-        file = RunFile.read(checkpoint) if resume else RunFile(folder / "checkpoint.pt", meta)
+        file = file or (RunFile.read(checkpoint) if resume else RunFile(folder / "checkpoint.pt", meta))
         file.path, file.meta = folder / "checkpoint.pt", meta
         if reuse is not None and not resume:
             _take_finished_stages(spec, config, data, cfg, file, Path(reuse))
@@ -300,12 +316,17 @@ def run(
             shutil.rmtree(scratch, ignore_errors=True)
         return {}
 
-    with _claim(out):  # checked while holding the folder: another run may have just finished there
+    doing = {"now": "training"}
+    with files.claim(out), _stops_cleanly(out, doing):  # checked while holding the folder: another run may have just finished there
         _check_folder(out, resume, overwrite)
-        if overwrite:
+        file = RunFile.read(checkpoint) if resume else None
+        if file is not None:
+            _check_resume(spec, config, data, cfg, file)
+        if overwrite:  # only now, every check passed
             for name in ("metrics.json", "checkpoint.pt"):
                 (out / name).unlink(missing_ok=True)
-        trained, seconds, code = train_into(out)
+        trained, seconds, code = train_into(out, file)
+        doing["now"] = "drawing the figures (training had finished)"
         title = f"{model}{f' ({variant})' if variant else ''} on {dataset}"
         for stage in spec.stages:
             prefix = f"{stage.name}_" if len(spec.stages) > 1 else ""
@@ -340,6 +361,7 @@ def run(
             "test": final_numbers(spec, trained, data),
             **extra,
         }
+        doing["now"] = "writing metrics.json (training had finished)"
         write_json(out / "metrics.json", metrics)
     return {**metrics, "out": str(out)}
 
@@ -366,10 +388,18 @@ def _take_finished_stages(spec: ModelSpec, config: Any, data: Data, cfg: TrainCo
 def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from a checkpoint: `model, meta = load_model("runs/.../checkpoint.pt")`."""
     state = load(path, map_location)
-    meta = state["meta"]
+    meta = state.get("meta")
+    data = meta.get("data") if isinstance(meta, dict) else None
+    if not isinstance(data, dict) or not {"name", "kind", "shape"} <= set(data) or not isinstance(meta.get("model"), str):
+        raise UserError(f"{path}: the checkpoint does not say which model and data it was trained on "
+                        "(meta.model, meta.data); it was not written by lvm run")
     try:
         spec = registry.get(meta["model"])
         config = configs.from_dict(spec.config, meta["config"])
+        try:
+            configs.check(config)
+        except UserError as e:
+            raise UserError(f"{path}: its config is not one lvm builds ({e})") from None
         models = []
         for stage in spec.stages:
             if stage.name not in state["stages"]:
@@ -378,16 +408,20 @@ def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, 
             model = stage.build(config)
             model.load_state_dict(state["stages"][stage.name]["model"])
             models.append(model)
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise UserError(f"{path}: checkpoint does not match its model ({type(e).__name__}: {e})") from None
+    except (KeyError, RuntimeError, TypeError, ValueError, ArithmeticError) as e:
+        raise UserError(f"{path}: checkpoint does not match its model ({type(e).__name__}: {_first_line(e)})") from None
     model = spec.assemble(config, models) if spec.assemble else models[-1]
     return model.eval(), meta
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0]
+
+
 def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0, temperature: float = 1.0) -> Path:
     """Draw n samples from a trained model and plot them (a grid of images, or a scatter)."""
-    if not temperature > 0:
-        raise UserError(f"--temperature must be positive, got {temperature}")
+    if not 0 < temperature < float("inf"):
+        raise UserError(f"--temperature must be a positive number, got {temperature}")
     out = png_path(out)
     model, meta = load_model(checkpoint)
     takes_temperature = "temperature" in inspect.signature(model.sample).parameters

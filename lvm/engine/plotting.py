@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 from pathlib import Path
@@ -15,6 +16,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torchvision.utils import make_grid  # noqa: E402
 
+from lvm.engine import files  # noqa: E402
 from lvm.engine.errors import UserError  # noqa: E402
 
 
@@ -33,17 +35,13 @@ def png_path(path: str | Path) -> Path:
 
 
 def _save(fig: plt.Figure, path: str | Path) -> Path:
-    """Write the figure as a PNG; a failed write is one UserError line naming the reason."""
-    path = Path(path)
+    """Write the figure as a PNG, atomically; a failed write is one UserError line naming the reason."""
+    buffer = io.BytesIO()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-    except OSError as e:  # a path under a file, a read-only folder, a full disk
-        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
-        raise UserError(f"cannot write {path}: {f'{blocker} is a file, not a folder' if blocker else e.strerror or e}") from None
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(fig)
-    return path
+    return files.write_bytes(path, buffer.getbuffer())  # whole or not at all; a failure is one line
 
 
 def plot_training(

@@ -61,9 +61,9 @@ class TrainConfig:
     log_every: int = 25  # minibatches between host syncs (losses are read back in batches)
 
     def validate(self) -> None:
-        for name, value in (("epochs", self.epochs), ("batch-size", self.batch_size)):
-            if value < 1:
-                raise UserError(f"--{name} must be at least 1, got {value}")
+        for name, value, most in (("epochs", self.epochs, 100_000), ("batch-size", self.batch_size, 2**20)):
+            if not 1 <= value <= most:  # above the bound: a typo, never a budget
+                raise UserError(f"--{name} must be between 1 and {most}, got {value}")
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise UserError(f"--lr must be a positive number, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):

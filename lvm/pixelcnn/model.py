@@ -15,7 +15,7 @@ The contract every grid model here keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,23 +25,24 @@ from tqdm.auto import tqdm
 
 from lvm.blocks.distributions import sample_categorical
 from lvm.blocks.masked import GatedLayer, MaskedConv2d
+from lvm.engine.config import Range
 
 
 @dataclass
 class PixelCNNConfig:
     """Both models' hyperparameters; the defaults are the course's (the Q3 prior's widths)."""
 
-    levels: int = 2  # values a token takes: 2 for binarised images, the codebook size for a VQ-VAE prior
-    shape: tuple[int, int] = (32, 32)  # the grid's height and width, for sampling (VQ-VAE codes: 8 x 8)
+    levels: Annotated[int, Range(2, 65536)] = 2  # values a token takes: 2 for binarised images, the codebook size for a VQ-VAE prior
+    shape: Annotated[tuple[int, int], Range(1, 1024)] = (32, 32)  # the grid's height and width, for sampling (VQ-VAE codes: 8 x 8)
     gated: bool = False  # the Gated PixelCNN (course Q4a) instead of the plain one (Q3)
-    embed_dim: int = 64  # token embedding size (the course's 64; its solution used 128)
-    channels: int = 128  # width of the residual stack, or of both gated stacks
+    embed_dim: Annotated[int, Range(1, 4096)] = 64  # token embedding size (the course's 64; its solution used 128)
+    channels: Annotated[int, Range(1, 4096)] = 128  # width of the residual stack, or of both gated stacks
     # residual blocks of the plain model (the course: 10 for SVHN, 15 for CIFAR-10) or gated layers
     # (the course: 15); none = the course's
-    layers: int | None = None
-    first_kernel: int = 7  # the first, type-A masked convolution
-    kernel: int = 3  # the masked convolution of every later block or layer
-    head_channels: int = 512  # the 1x1 output head's hidden width
+    layers: Annotated[int | None, Range(1, 256)] = None
+    first_kernel: Annotated[int, Range(1, 31, odd=True)] = 7  # the first, type-A masked convolution
+    kernel: Annotated[int, Range(1, 31, odd=True)] = 3  # the masked convolution of every later block or layer
+    head_channels: Annotated[int, Range(1, 8192)] = 512  # the 1x1 output head's hidden width
 
     @property
     def depth(self) -> int:

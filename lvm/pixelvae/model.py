@@ -38,6 +38,7 @@ pixel from the same map, no PixelCNN): the plain VAE the PixelVAE is compared wi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -46,24 +47,25 @@ from tqdm.auto import tqdm
 
 from lvm.blocks.distributions import gaussian_kl, reparameterize
 from lvm.blocks.masked import GatedLayer
+from lvm.engine.config import Range
 
 
 @dataclass
 class PixelVAEConfig:
     """Defaults are the course's Q4b where it has one; `shape` is set from the data."""
 
-    shape: tuple[int, int, int] = (1, 28, 28)  # (C, H, W) of one image; binary, C = 1
-    latent_dim: int = 16  # the course's 16-d latent
-    enc_widths: tuple[int, int, int] = (32, 64, 128)  # the course's PixelVAE encoder convs
-    map_widths: tuple[int, int, int] = (128, 64, 32)  # z -> map: linear, convT, convT (M = last)
-    channels: int = 64  # width of both gated stacks (the course's PixelCNN: 64)
-    n_layers: int = 8  # gated layers (the course: 8 masked layers)
+    shape: Annotated[tuple[int, int, int], Range(1, 1024)] = (1, 28, 28)  # (C, H, W) of one image; binary, C = 1
+    latent_dim: Annotated[int, Range(1, 4096)] = 16  # the course's 16-d latent
+    enc_widths: Annotated[tuple[int, int, int], Range(1, 4096)] = (32, 64, 128)  # the course's PixelVAE encoder convs
+    map_widths: Annotated[tuple[int, int, int], Range(1, 4096)] = (128, 64, 32)  # z -> map: linear, convT, convT (M = last)
+    channels: Annotated[int, Range(1, 4096)] = 64  # width of both gated stacks (the course's PixelCNN: 64)
+    n_layers: Annotated[int, Range(1, 256)] = 8  # gated layers (the course: 8 masked layers)
     # The course's decoder used 7x7 kernels throughout; here the first layer is 7x7 and the
     # rest 3x3 gated layers as in Q4a (no blind spot): 8 layers still reach 11 pixels, and the
     # latent map supplies what lies further away.
-    first_kernel: int = 7
-    kernel: int = 3
-    free_bits: float = 10.0  # nats of total KL per image that cost nothing (the course: 10)
+    first_kernel: Annotated[int, Range(1, 31, odd=True)] = 7
+    kernel: Annotated[int, Range(1, 31, odd=True)] = 3
+    free_bits: Annotated[float, Range(0, 10**6)] = 10.0  # nats of total KL per image that cost nothing (the course: 10)
     autoregressive: bool = True  # False: a factorised Bernoulli decoder, the plain VAE
 
 

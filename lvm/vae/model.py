@@ -15,11 +15,12 @@ it the VAE reconstructs `shapes` in grey (README, "Colour"; `benchmarks/vae_colo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from torch import nn
 
+from lvm.engine.config import Range
 from lvm.engine.data import to_unit
 from lvm.blocks.distributions import gaussian_kl, reparameterize
 
@@ -28,10 +29,10 @@ from lvm.blocks.distributions import gaussian_kl, reparameterize
 class VAEConfig:
     """The course's architecture; the widths exist so tests can shrink it."""
 
-    channels: int = 3  # image channels C (3 for SVHN/CIFAR/shapes, 1 for Fashion-MNIST)
-    latent_dim: int = 16  # the course's 16-d latent
-    enc_widths: tuple[int, int, int, int] = (32, 64, 128, 256)  # the four encoder convs
-    dec_widths: tuple[int, int, int, int] = (128, 128, 64, 32)  # decoder: linear, then three convT
+    channels: Annotated[int, Range(1, 64)] = 3  # image channels C (3 for SVHN/CIFAR/shapes, 1 for Fashion-MNIST)
+    latent_dim: Annotated[int, Range(1, 4096)] = 16  # the course's 16-d latent
+    enc_widths: Annotated[tuple[int, int, int, int], Range(1, 4096)] = (32, 64, 128, 256)  # the four encoder convs
+    dec_widths: Annotated[tuple[int, int, int, int], Range(1, 4096)] = (128, 128, 64, 32)  # decoder: linear, then three convT
     # BatchNorm before each hidden conv's ReLU; none is the course's network. A measured gain: on
     # shapes, 20,000 images x 4 epochs, background chroma error 11.2 against 17.5 (grey) and -ELBO
     # 190.0 against 213.5 (README, "Colour"; figures/colour/norm-batch-20000x4.json, course-20000x4.json)

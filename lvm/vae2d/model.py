@@ -9,19 +9,21 @@ the KL collapses to ~0; for rotated ones (part a) the correlation can only come 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from lvm.engine.config import Range
 from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 
 
 @dataclass
 class VAE2dConfig:
-    latent_dim: int = 2  # the course's 2-D latent
-    hidden: tuple[int, ...] = (128, 128)  # widths of the encoder's and decoder's hidden layers
-    data_dim: int = 2  # the points' dimension
-    eval_samples: int = 16  # z draws per test point: the same -ELBO, with less estimator noise
+    latent_dim: Annotated[int, Range(1, 1024)] = 2  # the course's 2-D latent
+    hidden: Annotated[tuple[int, ...], Range(1, 65536)] = (128, 128)  # widths of the encoder's and decoder's hidden layers
+    data_dim: Annotated[int, Range(1, 65536)] = 2  # the points' dimension
+    eval_samples: Annotated[int, Range(1, 10000)] = 16  # z draws per test point: the same -ELBO, with less estimator noise
     # Feed the networks (x - mean) / std of the training set (the likelihood stays that of raw x).
     # Off: at the course's budget it gained nothing measurable (figures/vae2d/ablation.json).
     standardise: bool = False

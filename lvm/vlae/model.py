@@ -14,21 +14,23 @@ reparameterised sample, as it has no closed form now) can shrink without hurting
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
 from lvm.blocks.distributions import gaussian_log_prob, standard_normal_log_prob
 from lvm.blocks.made import MADE
+from lvm.engine.config import Range
 from lvm.vae.model import VAE, VAEConfig
 
 
 @dataclass
 class VLAEConfig(VAEConfig):
-    made_hidden: tuple[int, ...] = (512, 512)  # the course's MADE: two hidden layers of 512
+    made_hidden: Annotated[tuple[int, ...], Range(1, 8192)] = (512, 512)  # the course's MADE: two hidden layers of 512
     # log sigma = b * tanh(s / b): smooth, equal to s near 0, and bounded in [-b, b], so one
     # large MADE output can neither blow the flow up nor make its inverse divide by ~0
-    max_log_scale: float = 3.0
+    max_log_scale: Annotated[float, Range(0, 20, lo_open=True)] = 3.0
 
 
 class AutoregressiveFlowPrior(nn.Module):

@@ -15,13 +15,14 @@ Q3, or a Gated PixelCNN, Q4a: `make_prior`) and decodes it (`VQVAEWithPrior.samp
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from lvm.engine.config import Range
 from lvm.engine.data import to_unit
 from lvm.pixelcnn.model import PixelCNNConfig, build
 from lvm.vqvae.quantizer import RESTART_WINDOW, VectorQuantizer
@@ -32,21 +33,21 @@ from lvm.vqvae.transformer import TransformerPrior, TransformerPriorConfig
 class VQVAEConfig:
     """Defaults are the course's except how the codebook is kept alive (see the comment)."""
 
-    num_codes: int = 128  # K, the codebook's size
-    code_dim: int = 256  # D, the width of a code; also the width of every layer (the course's)
-    beta: float = 1.0  # weight of the commitment term
+    num_codes: Annotated[int, Range(2, 65536)] = 128  # K, the codebook's size
+    code_dim: Annotated[int, Range(1, 4096)] = 256  # D, the width of a code; also the width of every layer (the course's)
+    beta: Annotated[float, Range(0, 1000)] = 1.0  # weight of the commitment term
     # The course's quantizer (ema_decay none, restart_dead false) leaves most codes dead. EMA
     # updates learn the codebook far faster and restarts revive dead codes, so the default uses
     # both; the comparison at equal budget is figures/vqvae/quantizers.json
     # (benchmarks/vqvae_quantizers.py).
-    ema_decay: float | None = 0.99  # codes move to a moving average of their vectors; none = learnt by gradient
+    ema_decay: Annotated[float | None, Range(0, 1, hi_open=True)] = 0.99  # codes move to a moving average of their vectors; none = learnt by gradient
     restart_dead: bool = True  # move a code no vector picked for a while onto a recent encoder output
-    restart_window: int = RESTART_WINDOW  # training steps without a single assignment before a restart
-    channels: int = 3  # image channels C (1 for Fashion-MNIST, 3 for colour)
-    width: int | None = None  # layer width; none = code_dim. Tests shrink it to run fast
+    restart_window: Annotated[int, Range(1, 10**6)] = RESTART_WINDOW  # training steps without a single assignment before a restart
+    channels: Annotated[int, Range(1, 64)] = 3  # image channels C (1 for Fashion-MNIST, 3 for colour)
+    width: Annotated[int | None, Range(1, 4096)] = None  # layer width; none = code_dim. Tests shrink it to run fast
     # The second stage: a prior over the 8x8 grids of code indices, trained on the training set's codes
     prior: Literal["pixelcnn", "gated", "transformer"] = "pixelcnn"  # PixelCNN (course Q3), Gated PixelCNN (Q4a) or a transformer
-    prior_epochs: int = 15  # epochs of the prior stage (the course's)
+    prior_epochs: Annotated[int, Range(1, 100_000)] = 15  # epochs of the prior stage (the course's)
 
 
 class ResBlock(nn.Module):
