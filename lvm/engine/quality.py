@@ -143,7 +143,7 @@ def classifier(name: str, data_dir: str | Path | None = None, train_limit: int =
                epochs: int = 2) -> tuple[Classifier, float]:
     """The dataset's classifier and its test accuracy: read from DATA/classifiers/NAME.pt, else
     trained on the first `train_limit` training images (a few CPU minutes) and cached there."""
-    path = datasets.data_root(data_dir) / "classifiers" / f"{name}.pt"
+    path = classifier_path(name, data_dir)
     if path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -158,16 +158,25 @@ def classifier(name: str, data_dir: str | Path | None = None, train_limit: int =
     start = time.perf_counter()
     model, acc = train_classifier(data.train, y_train[:len(data.train)], data.test, y_test[:len(data.test)],
                                   data.info.kind, epochs=epochs)
-    state = {"format": FORMAT, "config": asdict(model.cfg), "model": model.state_dict(), "accuracy": acc,
-             "train_size": len(data.train), "epochs": epochs, "seconds": round(time.perf_counter() - start, 1)}
+    save_classifier(path, model, acc, train_size=len(data.train), epochs=epochs,
+                    seconds=round(time.perf_counter() - start, 1))
+    return model, acc
+
+
+def classifier_path(name: str, data_dir: str | Path | None = None) -> Path:
+    return datasets.data_root(data_dir) / "classifiers" / f"{name}.pt"
+
+
+def save_classifier(path: Path, model: Classifier, accuracy: float, **record: Any) -> None:
+    """Cache a classifier with its test accuracy (and `record`: how it was trained), atomically."""
+    state = {"format": FORMAT, "config": asdict(model.cfg), "model": model.state_dict(), "accuracy": accuracy, **record}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(state, tmp)
         os.replace(tmp, path)
     except OSError:
-        pass  # an unwritable data dir only costs training it again next time
-    return model, acc
+        tmp.unlink(missing_ok=True)  # an unwritable data dir only costs training it again next time
 
 
 @torch.no_grad()
