@@ -25,6 +25,10 @@ def collect(figures: Path) -> list[dict]:
         except (OSError, ValueError) as e:
             raise UserError(f"cannot read {path}: {e}") from None
         m["folder"] = str(path.parent)
+        try:  # `lvm eval`'s numbers (its larger default budgets) win over those `lvm run` measured at its end
+            m["eval"] = json.loads((path.parent / "eval.json").read_text())
+        except (OSError, ValueError):
+            pass
         runs.append(m)
     if not runs:
         raise UserError(f"no runs in {figures}: expected {figures}/MODEL/DATASET/metrics.json")
@@ -51,6 +55,21 @@ def _precision(m: dict) -> str:
     return ", bf16" if amp == "on" or (amp == "auto" and str(m.get("device", "")).startswith("cuda")) else ""
 
 
+def _evaluation(m: dict) -> str:
+    """The nll, bits/dim and fd cells of a run: `lvm eval`'s numbers (eval.json) or those `lvm run`
+    measured at its end; empty where neither measured them."""
+    e = m.get("eval")
+    if not isinstance(e, dict) or "nll" not in e:
+        return " | | "
+    how = f"k={e['k']}" if e.get("k") else e.get("likelihood", "")
+    nll = f"{_fmt(e['nll'])} ({how})" if how else _fmt(e["nll"])
+    fd = ""
+    if "fd" in e:
+        fd = (f"{e['fd']:.2f}, P {e['precision']:.2f}, R {e['recall']:.2f} "
+              f"(N {e['samples']}, classifier {e['classifier_accuracy']:.0%})")
+    return f" {nll} | {e['bits_per_dim']:.3f} | {fd} "
+
+
 def _spec(model: str):
     from lvm import registry
 
@@ -64,7 +83,8 @@ def table(runs: list[dict]) -> str:
     from lvm import registry
 
     head = ("| model | dataset | our final test numbers (nats) | official solution | ours - official "
-            "| epochs | train size | device | seconds |\n|---|---|---|---|---|---|---|---|---|")
+            "| nll (nats) | bits/dim | fd, precision, recall | epochs | train size | device | seconds |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = registry.names()
     rows = []
     for m in sorted(runs, key=lambda m: (order.index(m["model"]) if m["model"] in order else len(order), m["folder"])):
@@ -77,7 +97,8 @@ def table(runs: list[dict]) -> str:
         size = m.get("config", {}).get("train_size", "")
         rows.append(
             f"| {m['model']} | [{folder}]({m['folder']}/) | {_numbers(test, labels)} | "
-            f"{_numbers(official, labels) if official else 'n/a (not in the course)'} | {delta} | {m.get('epochs', '')} | "
+            f"{_numbers(official, labels) if official else 'n/a (not in the course)'} | {delta} |{_evaluation(m)}| "
+            f"{m.get('epochs', '')} | "
             f"{size} | {m.get('device', '')}{_precision(m)} | {m.get('seconds', 0):.0f} |"
         )
     return "\n".join([head, *rows])

@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lvm import registry
+from lvm import registry, report
 from lvm.bench import random_batch
 from lvm.cli import cli
 from lvm.engine.data import DataInfo
@@ -266,3 +266,21 @@ def test_eval_of_points_has_no_sample_metrics_and_bad_input_is_one_line(tmp_path
                  ["eval", "--checkpoint", str(out / "checkpoint.pt"), "-k", "0"]):
         r = CliRunner().invoke(cli, args)
         assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_run_records_its_evaluation_and_report_shows_it(tmp_path):
+    """`lvm run` measures nll and bits/dim at its end (metrics.json "eval"); `lvm report` shows them,
+    and an eval.json beside the run (from `lvm eval`) replaces them."""
+    folder = tmp_path / "figures" / "vae2d" / "gaussians-a1"
+    r = invoke("run", "vae2d", "--dataset", "gaussians-a1", "--epochs", "1", "--train-limit", "256",
+               "--test-limit", "64", "--out", str(folder))
+    assert r.exit_code == 0, r.output
+    e = json.loads((folder / "metrics.json").read_text())["eval"]
+    assert e["k"] == 10 and e["test_examples"] == 64 and e["elbo"] >= e["nll"] and "fd" not in e
+    r = invoke("report", "--figures", str(tmp_path / "figures"))
+    assert "| nll (nats) | bits/dim |" in r.output and f"| {report._fmt(e['nll'])} (k=10) |" in r.output
+    (folder / "eval.json").write_text(json.dumps({**e, "nll": 3.25, "k": 1000, "bits_per_dim": 2.3446, "fd": 1.5,
+                                                  "precision": 0.8, "recall": 0.7, "samples": 500,
+                                                  "classifier_accuracy": 0.9}))
+    r = invoke("report", "--figures", str(tmp_path / "figures"))
+    assert "3.2500 (k=1000) | 2.345 | 1.50, P 0.80, R 0.70 (N 500, classifier 90%)" in r.output, r.output

@@ -150,3 +150,25 @@ def summary(numbers: dict[str, Any]) -> str:
         line += (f"; fd {numbers['fd']:.3f}, precision {numbers['precision']:.3f}, recall {numbers['recall']:.3f} "
                  f"({numbers['samples']} samples; classifier accuracy {numbers['classifier_accuracy']:.3f})")
     return line
+
+
+def at_end_of_run(model: nn.Module, data: Data, how: Evaluation, *, full_run: bool,
+                  data_dir: str | Path | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The numbers `lvm run` adds to metrics.json ("eval"): `evaluate` at the spec's small run
+    budgets (`run_k`, `run_test_limit`, `run_samples`). The sample metrics need the dataset's
+    classifier: a full run (no --train-limit) trains it once per data dir (minutes, then cached);
+    a quick trial uses it only when it is cached already, and a dataset whose labels lvm cannot
+    read goes without them. `lvm eval` measures with the larger default budgets."""
+    has = "log_weights" if how.likelihood == "iwae" else "log_prob"
+    if not hasattr(model, has):  # a model (a plugin) that does not speak the contract
+        return {}
+    samples = how.run_samples if data.info.kind != "points" else 0
+    if samples and not (full_run or quality.classifier_path(data.info.name, data_dir).is_file()):
+        samples = 0
+    try:
+        return evaluate(model, data, how, k=min(how.k, how.run_k), samples=samples,
+                        test_limit=min(how.test_limit or len(data.test), how.run_test_limit),
+                        data_dir=data_dir, device=device)
+    except UserError:  # no labels for this dataset's classifier: the likelihood alone
+        return evaluate(model, data, how, k=min(how.k, how.run_k), samples=0,
+                        test_limit=min(how.test_limit or len(data.test), how.run_test_limit), device=device)

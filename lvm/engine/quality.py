@@ -139,7 +139,7 @@ def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_t
     return model.eval(), accuracy(model, x_test, y_test)
 
 
-def classifier(name: str, data_dir: str | Path | None = None, train_limit: int = 30_000,
+def classifier(name: str, data_dir: str | Path | None = None, train_limit: int = 20_000,
                epochs: int = 2) -> tuple[Classifier, float]:
     """The dataset's classifier and its test accuracy: read from DATA/classifiers/NAME.pt, else
     trained on the first `train_limit` training images (a few CPU minutes) and cached there."""

@@ -61,6 +61,10 @@ class Evaluation:
     k: int = 100  # importance samples per test example
     test_limit: int | None = 1000  # test examples scored [None: all]
     samples: int = 1000  # samples drawn for fd, precision and recall
+    # what `lvm run` measures at its end, cheap enough to add at most ~10% to a run's time
+    run_k: int = 10
+    run_test_limit: int = 500
+    run_samples: int = 200
     note: str = ""  # how the model's decoder is a likelihood over the data's levels, for --help and eval.json
 
 
