@@ -18,7 +18,8 @@ from lvm.engine.errors import Interrupted, UserError
 
 # Commands defined elsewhere, imported only when run: name -> (module, attribute, one-line help).
 LAZY = {"grade": ("lvm.homework.grade", "grade",
-                  "Check the question functions of a homework notebook or .py file against the course's contracts.")}
+                  "Check the question functions of a homework notebook or .py file against the course's contracts."),
+        "eval": ("lvm.evaluation", "command", "Evaluate a trained model: nll (IWAE), bits/dim, fd, precision, recall.")}
 
 
 class Group(click.Group):

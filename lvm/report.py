@@ -29,14 +29,47 @@ def collect(figures: Path, warn: Callable[[str], None] | None = None) -> list[di
         try:
             m = _checked(json.loads(path.read_text()))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
-            reason = e.strerror if isinstance(e, OSError) else "nested too deeply" if isinstance(e, RecursionError) else e
-            warn(f"skipped {_one_line(str(path))}: {_one_line(str(reason))}")
+            warn(f"skipped {_one_line(str(path))}: {_reason(e)}")
             continue
         m["folder"] = quote(str(path.parent), safe="/-_.~")  # a link's target: no space or bracket ends it
+        m["eval"] = _evaluation_numbers(path.parent, m.get("eval"), warn)
         runs.append(m)
     if not runs:
         raise UserError(f"no runs in {figures}: expected {figures}/MODEL/DATASET/metrics.json")
     return runs
+
+
+def _reason(e: BaseException) -> str:
+    reason = e.strerror if isinstance(e, OSError) else "nested too deeply" if isinstance(e, RecursionError) else e
+    return _one_line(str(reason))
+
+
+def _evaluation_numbers(folder: Path, measured: Any, warn: Callable[[str], None]) -> dict | None:
+    """The run's evaluation: `lvm eval`'s eval.json where there is one (its larger default budgets
+    win), else what `lvm run` measured at its end (metrics.json's "eval"). Untrusted like the
+    rest: numbers must be finite; a bad one is left out with one line naming its file."""
+    where, found = folder / "metrics.json", measured
+    if (folder / "eval.json").is_file():
+        where = folder / "eval.json"
+        try:
+            found = json.loads(where.read_text())
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            warn(f"no evaluation from {_one_line(str(where))}: {_reason(e)}")
+            return None
+    if found is None:
+        return None
+    try:
+        if not isinstance(found, dict):
+            raise ValueError("the evaluation is not a mapping")
+        return {k: _md(v) if isinstance(v, str) else _number(v, k) for k, v in found.items()
+                if k in EVAL_KEYS and v is not None}
+    except ValueError as e:
+        warn(f"no evaluation from {_one_line(str(where))}: {_one_line(str(e))}")
+        return None
+
+
+EVAL_KEYS = ("nll", "k", "elbo", "bits_per_dim", "likelihood", "fd", "precision", "recall", "samples",
+             "classifier_accuracy")
 
 
 def _one_line(text: str) -> str:
@@ -105,6 +138,21 @@ def _precision(m: dict) -> str:
     return ", bf16" if amp == "on" or (amp == "auto" and str(m.get("device", "")).startswith("cuda")) else ""
 
 
+def _evaluation(m: dict) -> str:
+    """The nll, bits/dim and fd cells of a run: `lvm eval`'s numbers (eval.json) or those `lvm run`
+    measured at its end; empty where neither measured them."""
+    e = m.get("eval")
+    if not isinstance(e, dict) or "nll" not in e:
+        return " | | "
+    how = f"k={e['k']}" if e.get("k") else e.get("likelihood", "")
+    nll = f"{_fmt(e['nll'])} ({how})" if how else _fmt(e["nll"])
+    fd = ""
+    if "fd" in e:
+        fd = (f"{e['fd']:.2f}, P {e['precision']:.2f}, R {e['recall']:.2f} "
+              f"(N {e['samples']}, classifier {e['classifier_accuracy']:.0%})")
+    return f" {nll} | {e['bits_per_dim']:.3f} | {fd} "
+
+
 def _spec(model: str):
     from lvm import registry
 
@@ -118,7 +166,8 @@ def table(runs: list[dict]) -> str:
     from lvm import registry
 
     head = ("| model | dataset | our final test numbers (nats) | official solution | ours - official "
-            "| epochs | train size | device | seconds |\n|---|---|---|---|---|---|---|---|---|")
+            "| nll (nats) | bits/dim | fd, precision, recall | epochs | train size | device | seconds |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     order = registry.names()
     rows = []
     for m in sorted(runs, key=lambda m: (order.index(m["model"]) if m["model"] in order else len(order), m["folder"])):
@@ -131,7 +180,8 @@ def table(runs: list[dict]) -> str:
         size = m.get("config", {}).get("train_size", "")
         rows.append(
             f"| {m['model']} | [{folder}]({m['folder']}/) | {_numbers(test, labels)} | "
-            f"{_numbers(official, labels) if official else 'n/a (not in the course)'} | {delta} | {m.get('epochs', '')} | "
+            f"{_numbers(official, labels) if official else 'n/a (not in the course)'} | {delta} |{_evaluation(m)}| "
+            f"{m.get('epochs', '')} | "
             f"{size} | {m.get('device', '')}{_precision(m)} | {m.get('seconds', 0):.0f} |"
         )
     return "\n".join([head, *rows])

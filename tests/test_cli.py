@@ -9,7 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lvm import registry
+from lvm import registry, report
 from lvm.bench import random_batch
 from lvm.cli import cli
 from lvm.engine.data import DataInfo
@@ -205,3 +205,82 @@ def test_bench_prints_one_json_line_with_both_paths():
     line = json.loads(r.stdout.strip().splitlines()[-1])
     assert line["images_per_s"] > 0 and line["reference"]["images_per_s"] > 0 and line["peak_memory_mb"] > 0
     assert line["speedup"] == pytest.approx(line["images_per_s"] / line["reference"]["images_per_s"], rel=1e-2)
+
+
+def _tiny_shapes_classifier(data_dir):
+    """A classifier for `shapes` cached in `data_dir`, trained in seconds (the real one takes
+    minutes): what `lvm eval` finds there instead of training its own."""
+    from lvm.engine.data import make_shapes
+    from lvm.engine.quality import classifier_path, save_classifier, train_classifier
+
+    x, y = make_shapes(300, seed=0, labels=True)
+    x = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    model, acc = train_classifier(x, torch.from_numpy(y), x[:100], torch.from_numpy(y[:100]), "image",
+                                  epochs=1, width=4, features=8)
+    save_classifier(classifier_path("shapes", data_dir), model, acc)
+    return acc
+
+
+def test_eval_writes_likelihood_and_sample_metrics(tmp_path):
+    data = tmp_path / "data"
+    acc = _tiny_shapes_classifier(data)
+    out = tmp_path / "row"
+    r = invoke("run", "vae", "--dataset", "shapes", "--data-dir", str(data), "--epochs", "1", "--train-limit", "128",
+               "--test-limit", "32", "--out", str(out), "--device", "cpu",
+               "-o", "enc_widths=[4,4,4,4]", "-o", "dec_widths=[4,4,4,4]", "-o", "latent_dim=2")
+    assert r.exit_code == 0, r.output
+    r = invoke("eval", "--checkpoint", str(out / "checkpoint.pt"), "-k", "4", "--samples", "40", "--test-limit", "10",
+               "--data-dir", str(data), "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    line, wrote = r.stdout.strip().splitlines()[-2:]
+    assert line.startswith("nll ") and "(k=4)" in line and "bits/dim" in line and "fd " in line
+    assert wrote == f"wrote {out / 'eval.json'}"
+    m = json.loads((out / "eval.json").read_text())
+    assert {"nll", "k", "elbo", "bits_per_dim", "fd", "precision", "recall", "samples", "classifier_accuracy"} <= set(m)
+    assert m["k"] == 4 and m["samples"] == 40 and m["test_examples"] == 10 and m["classifier_accuracy"] == acc
+    assert m["elbo"] >= m["nll"] > 0 and 0 < m["bits_per_dim"] < 20 and m["fd"] > 0
+    assert 0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1
+
+    # the same images scored from a file, as a student scores any model's samples (NHWC, as the course stores them)
+    import numpy as np
+
+    images = np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "s.npz", images=images)
+    r = invoke("eval", "--dataset", "shapes", "--images", str(tmp_path / "s.npz"), "--data-dir", str(data),
+               "--json", str(tmp_path / "s.json"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "s.json").read_text())
+    assert {"fd", "precision", "recall", "classifier_accuracy"} <= set(m) and m["samples"] == 40
+
+
+def test_eval_of_points_has_no_sample_metrics_and_bad_input_is_one_line(tmp_path):
+    out = tmp_path / "row"
+    r = invoke("run", "vae2d", "--dataset", "gaussians-a1", "--epochs", "1", "--train-limit", "256",
+               "--test-limit", "64", "--out", str(out), "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    r = invoke("eval", "--checkpoint", str(out / "checkpoint.pt"), "-k", "20", "--json", str(tmp_path / "e.json"))
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "e.json").read_text())
+    assert m["k"] == 20 and m["elbo"] >= m["nll"] and "fd" not in m and m["test_examples"] == 2500
+    for args in (["eval"], ["eval", "--checkpoint", str(tmp_path / "none.pt")],
+                 ["eval", "--checkpoint", str(out / "checkpoint.pt"), "-k", "0"]):
+        r = CliRunner().invoke(cli, args)
+        assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_run_records_its_evaluation_and_report_shows_it(tmp_path):
+    """`lvm run` measures nll and bits/dim at its end (metrics.json "eval"); `lvm report` shows them,
+    and an eval.json beside the run (from `lvm eval`) replaces them."""
+    folder = tmp_path / "figures" / "vae2d" / "gaussians-a1"
+    r = invoke("run", "vae2d", "--dataset", "gaussians-a1", "--epochs", "1", "--train-limit", "256",
+               "--test-limit", "64", "--out", str(folder))
+    assert r.exit_code == 0, r.output
+    e = json.loads((folder / "metrics.json").read_text())["eval"]
+    assert e["k"] == 10 and e["test_examples"] == 64 and e["elbo"] >= e["nll"] and "fd" not in e
+    r = invoke("report", "--figures", str(tmp_path / "figures"))
+    assert "| nll (nats) | bits/dim |" in r.output and f"| {report._fmt(e['nll'])} (k=10) |" in r.output
+    (folder / "eval.json").write_text(json.dumps({**e, "nll": 3.25, "k": 1000, "bits_per_dim": 2.3446, "fd": 1.5,
+                                                  "precision": 0.8, "recall": 0.7, "samples": 500,
+                                                  "classifier_accuracy": 0.9}))
+    r = invoke("report", "--figures", str(tmp_path / "figures"))
+    assert "3.2500 (k=1000) | 2.345 | 1.50, P 0.80, R 0.70 (N 500, classifier 90%)" in r.output, r.output

@@ -44,3 +44,25 @@ def sample_categorical(logits: torch.Tensor, temperature: float = 1.0) -> torch.
     logits = logits.double()
     probs = torch.softmax((logits - logits.amax(dim=1, keepdim=True)) / temperature, dim=1)  # (B, K)
     return torch.multinomial(probs, 1).squeeze(1)
+
+
+def _log_diff_ndtr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """log(Phi(b) - Phi(a)) for a < b, stable in both tails: on the right of 0 it takes
+    Phi(-a) - Phi(-b), the same mass measured from the other end, where it does not cancel."""
+    flip = a > 0
+    lo, hi = torch.where(flip, -b, a), torch.where(flip, -a, b)  # lo < hi, both mostly <= 0
+    log_hi, log_lo = torch.special.log_ndtr(hi), torch.special.log_ndtr(lo)
+    return log_hi + torch.log(-torch.expm1(log_lo - log_hi))
+
+
+def discretised_gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor | float) -> torch.Tensor:
+    """log P(x) of 8-bit values x (uint8 0..255) under N(mean, sigma^2) on the [-1, 1] scale,
+    integrated over each value's bin: value v is the interval v/127.5 - 1 +- 1/255, and the two
+    end values take the tails (0 everything below, 255 everything above), so the 256
+    probabilities sum to 1 (as PixelCNN++'s discretised logistic does). Elementwise, float64."""
+    centre = x.double() * (2.0 / 255.0) - 1.0
+    inv_std = torch.exp(-torch.as_tensor(log_std, dtype=torch.float64, device=centre.device))
+    mean = mean.double()
+    upper = torch.where(x >= 255, torch.inf, (centre + 1.0 / 255.0 - mean) * inv_std)
+    lower = torch.where(x <= 0, -torch.inf, (centre - 1.0 / 255.0 - mean) * inv_std)
+    return _log_diff_ndtr(lower, upper)

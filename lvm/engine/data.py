@@ -128,14 +128,17 @@ def _gaussians(part: str, dset_id: int) -> Callable[[Path], tuple[np.ndarray, np
 SHAPES_TRAIN, SHAPES_TEST = 20_000, 4_000
 
 
-def make_shapes(count: int, seed: int) -> np.ndarray:
+def make_shapes(count: int, seed: int, labels: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """`count` 32x32 RGB images (N, 32, 32, 3) uint8: one or two coloured circles, squares or
-    triangles on a plain background, every parameter drawn from `seed`."""
+    triangles on a plain background, every parameter drawn from `seed`. With `labels`, also
+    what the generator knows of each image as a class (N,) in 0..5: the first shape's kind
+    (0 circle, 1 square, 2 triangle), plus 3 when a second shape is drawn (the images are the same)."""
     rng = np.random.default_rng(seed)
     size = 32
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5  # (32, 32) pixel centres
     background = rng.uniform(0, 90, (count, 1, 1, 3))
     images = np.broadcast_to(background, (count, size, size, 3)).copy()
+    classes = np.zeros(count, np.int64)
     for layer in range(2):
         present = np.ones(count, bool) if layer == 0 else rng.random(count) < 0.5
         kind = rng.integers(0, 3, count)  # 0 circle, 1 square, 2 triangle
@@ -151,7 +154,9 @@ def make_shapes(count: int, seed: int) -> np.ndarray:
         triangle = (dy <= r * 0.7) & (2 * np.abs(dx) <= (dy + r))
         mask = np.choose(kind[:, None, None], [circle, square, triangle]) & present[:, None, None]
         images[mask] = np.repeat(colour, mask.reshape(count, -1).sum(1), axis=0)
-    return images.round().astype(np.uint8)
+        classes += kind if layer == 0 else 3 * present
+    images = images.round().astype(np.uint8)
+    return (images, classes) if labels else images
 
 
 def _shapes(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,7 @@ from lvm.engine import files
 from lvm.engine.checkpoint import RunFile, load
 from lvm.engine.data import Data, DataInfo, picture
 from lvm.engine.errors import Interrupted, UserError
+from lvm.engine.evaluate import at_end_of_run
 from lvm.engine.plotting import png_path, plot_training, save_image_grid, save_reconstructions, save_scatter
 from lvm.engine.spec import ModelSpec
 from lvm.engine.train import (History, TrainConfig, check_resumable, cpu_flags, cpu_has_bf16, fast_path, fit, init_distributed,
@@ -337,6 +338,9 @@ def run(
                           labels={t.key: f"{t.label} ({t.unit})" for t in stage.terms}, note=stage.note)
         torch.manual_seed(cfg.seed)
         extra = spec.figures(trained.model, data, out, title) if spec.figures else {}
+        doing["now"] = "evaluating (training had finished)"
+        extra["eval"] = at_end_of_run(trained.model, data, spec.evaluation, full_run=train_limit is None,
+                                      data_dir=data_dir, device=device)
         metrics = {
             "model": model,
             "dataset": dataset,

@@ -50,6 +50,25 @@ class Stage:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """How `lvm eval` scores a trained model by default (`lvm.engine.evaluate`): what its
+    likelihood is, and the budgets that keep an evaluation to a few CPU minutes."""
+
+    # "iwae": the model's `log_weights(x, k)` give the importance-sampled estimate (a bound that
+    # tightens with k); "exact": its `log_prob(x)` is log p(x); "bound": `log_prob(x)` is a
+    # lower bound that no k tightens
+    likelihood: str = "iwae"
+    k: int = 100  # importance samples per test example
+    test_limit: int | None = 1000  # test examples scored [None: all]
+    samples: int = 1000  # samples drawn for fd, precision and recall
+    # what `lvm run` measures at its end, cheap enough to add at most ~10% to a run's time
+    run_k: int = 10
+    run_test_limit: int = 500
+    run_samples: int = 200
+    note: str = ""  # how the model's decoder is a likelihood over the data's levels, for --help and eval.json
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Everything the engine knows about one model."""
 
@@ -72,6 +91,8 @@ class ModelSpec:
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the course's official final test numbers, by folder name: "DATASET" or "DATASET-VARIANT"
     official: dict[str, dict[str, float]] = field(default_factory=dict)
+    # `lvm eval`'s defaults and what its nll means for this model
+    evaluation: Evaluation = Evaluation()
 
     def terms(self) -> list[Term]:
         return [t for s in self.stages for t in s.terms]

@@ -7,7 +7,7 @@ The same classes are the VQ-VAE's priors over its code grids (`lvm.vqvae.model.m
 from __future__ import annotations
 
 from lvm.engine import figures
-from lvm.engine.spec import ModelSpec, Stage, Term
+from lvm.engine.spec import Evaluation, ModelSpec, Stage, Term
 from lvm.engine.train import TrainConfig
 from lvm.pixelcnn.model import GatedPixelCNN, GridModel, PixelCNN, PixelCNNConfig, build
 
@@ -27,4 +27,7 @@ MODEL = ModelSpec(
     from_data={"shape": lambda info: tuple(info.shape[1:])},  # (1, H, W): one channel of 0/1 tokens
     figures=figures.samples,
     variants={"gated": {"gated": True}},
+    # exact: one pass per test batch; its samples are drawn pixel by pixel, so only 100
+    evaluation=Evaluation(likelihood="exact", test_limit=2000, samples=100, note=(
+        "exact: a categorical over the levels of each pixel given the pixels before it")),
 )

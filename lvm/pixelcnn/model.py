@@ -78,6 +78,14 @@ class GridModel(nn.Module):
             x = x.squeeze(1)
         return {"loss": F.cross_entropy(self.logits(x).float(), x.long())}  # float32 under autocast too
 
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact log p(x) = sum_i log p(x_i | x_<i) of each grid (B, H, W) or (B, 1, H, W):
+        (B,), nats. Every position is a categorical over the levels, so this is the likelihood
+        of the discrete data itself."""
+        if x.dim() == 4:
+            x = x.squeeze(1)
+        return -F.cross_entropy(self.logits(x).float(), x.long(), reduction="none").flatten(1).sum(1)
+
     @torch.no_grad()
     def sample(self, n: int, shape: tuple[int, int] | None = None, temperature: float = 1.0) -> torch.Tensor:
         """n grids (of the configured shape, unless given) drawn position by position in raster

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from lvm.blocks.distributions import gaussian_kl, reparameterize
+from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
 from lvm.blocks.masked import GatedLayer
 from lvm.engine.config import Range
 
@@ -174,6 +174,19 @@ class PixelVAE(nn.Module):
         loss = recon + kl.clamp(min=self.cfg.free_bits)  # (B,): no gradient to KL below the floor
         # neg_elbo is the true -ELBO (recon + KL): the free-bits floor is only in what is minimised
         return {"loss": loss.mean(), "neg_elbo": (recon + kl).mean(), "recon_loss": recon.mean(), "kl_loss": kl.mean()}
+
+    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x) per binary image x (B, 1, H, W):
+        (k, B), nats. p(x|z) is already a distribution over the two levels of every pixel (the
+        Bernoulli of each logit, in raster order), so this is the likelihood of the binary data."""
+        mu, log_std = (t.float() for t in self.encode(x))  # (B, L) each
+        z = reparameterize(mu.expand(k, *mu.shape), log_std)  # (k, B, L)
+        target = x.expand(k, *x.shape).flatten(0, 1).float()  # (k B, 1, H, W)
+        logits = self.logits(target, z.flatten(0, 1)).float()  # (k B, 1, H, W): one teacher-forced pass
+        log_px_z = -F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).sum(1)  # (k B,)
+        log_pz = standard_normal_log_prob(z).sum(-1).flatten()  # (k B,)
+        log_qz = gaussian_log_prob(z, mu, log_std).sum(-1).flatten()  # (k B,)
+        return (log_px_z + log_pz - log_qz).view(k, len(x))
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -14,6 +14,7 @@ it the VAE reconstructs `shapes` in grey (README, "Colour"; `benchmarks/vae_colo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, ClassVar, Literal
 
@@ -22,7 +23,8 @@ from torch import nn
 
 from lvm.engine.config import Range
 from lvm.engine.data import to_unit
-from lvm.blocks.distributions import gaussian_kl, reparameterize
+from lvm.blocks.distributions import (discretised_gaussian_log_prob, gaussian_kl, gaussian_log_prob, reparameterize,
+                                      standard_normal_log_prob)
 
 
 @dataclass
@@ -87,6 +89,11 @@ class Decoder(nn.Module):
         return self.net(h)
 
 
+# The course's reconstruction loss, ||x - mean||^2 summed on the [-1, 1] scale, is -log N(x; mean,
+# 1/2) up to a constant: the decoder's Gaussian has standard deviation sqrt(1/2) in every pixel.
+DECODER_LOG_STD = -0.5 * math.log(2.0)
+
+
 class VAE(nn.Module):
     """Conv VAE with a N(0, I) prior. `loss` takes raw uint8 images; everything else works on
     [-1, 1] floats. With BatchNorm (the default), call `model.eval()` before `sample`,
@@ -122,6 +129,25 @@ class VAE(nn.Module):
         recon = (x - x_hat).pow(2).flatten(1).sum(1).mean()
         kl = self.kl(mu, log_std, z).mean()
         return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) of latents (N, L), (N,): N(0, I) here; a learned prior overrides it."""
+        return standard_normal_log_prob(z).sum(-1)
+
+    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x) per uint8 image x (B, C, H, W):
+        (k, B), nats. The likelihood of 8-bit images: the decoder's Gaussian N(mean, 1/2) (what
+        the squared-error loss assumes, `DECODER_LOG_STD`) integrated over each of the 256 bins
+        of width 2/255 on the [-1, 1] scale, the end bins taking the tails
+        (`discretised_gaussian_log_prob`); so log p(x|z) <= 0, a probability, not a density."""
+        mu, log_std = (t.float() for t in self.encode(to_unit(x)))  # (B, L) each
+        z = reparameterize(mu.expand(k, *mu.shape), log_std)  # (k, B, L)
+        mean = self.decode(z.flatten(0, 1)).float()  # (k B, C, H, W)
+        target = x.expand(k, *x.shape).flatten(0, 1)  # (k B, C, H, W)
+        log_px_z = discretised_gaussian_log_prob(target, mean, DECODER_LOG_STD).flatten(1).sum(1)  # (k B,)
+        log_pz = self.log_prior(z.flatten(0, 1))  # (k B,)
+        log_qz = gaussian_log_prob(z, mu, log_std).sum(-1).flatten()  # (k B,)
+        return (log_px_z + log_pz - log_qz).view(k, len(x))
 
     def prior_sample(self, n: int) -> torch.Tensor:
         """n latents from the prior, (n, L)."""

@@ -8,6 +8,7 @@ the KL collapses to ~0; for rotated ones (part a) the correlation can only come 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -16,6 +17,7 @@ from torch import nn
 
 from lvm.engine.config import Range
 from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize
+from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
 
 
 @dataclass
@@ -75,6 +77,33 @@ class VAE2d(nn.Module):
         recon = -gaussian_log_prob(x, mu_x, log_std_x).sum(-1).mean()
         kl = gaussian_kl(mu_z, log_std_z).mean()
         return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}
+
+    def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x) per point x (B, D): (k, B), in
+        nats. Their log-mean-exp is the IWAE estimate of log p(x) (Burda et al. 2015), their mean
+        the ELBO (`lvm.engine.evaluate`). p(x|z) is a density: the points are continuous."""
+        mu_z, log_std_z = self.encode(x)  # (B, L) each
+        z = reparameterize(mu_z.expand(k, *mu_z.shape), log_std_z)  # (k, B, L)
+        mu_x, log_std_x = self.decode(z)  # (k, B, D) each
+        log_px_z = gaussian_log_prob(x, mu_x, log_std_x).sum(-1)  # (k, B)
+        log_pz = standard_normal_log_prob(z).sum(-1)  # (k, B)
+        log_qz = gaussian_log_prob(z, mu_z, log_std_z).sum(-1)  # (k, B)
+        return log_px_z + log_pz - log_qz
+
+    @torch.no_grad()
+    def log_prob_by_quadrature(self, x: torch.Tensor, limit: float = 6.0, steps: int = 601) -> torch.Tensor:
+        """log p(x) = log of the integral of p(x|z) p(z) over z, (B,) float64, by the midpoint rule
+        on a steps x steps grid over [-limit, limit]^2: exact to the grid's resolution, and only
+        possible because z has two dimensions (the reference `lvm eval`'s estimate is tested against)."""
+        if self.cfg.latent_dim != 2:
+            raise ValueError(f"quadrature needs a 2-D latent, this one has {self.cfg.latent_dim}")
+        h = 2 * limit / steps
+        t = torch.linspace(-limit + h / 2, limit - h / 2, steps, dtype=torch.float64)  # midpoints
+        z = torch.cartesian_prod(t, t).to(self.shift.device)  # (G, 2)
+        mu_x, log_std_x = self.decode(z.float())  # (G, D) each
+        log_joint = (gaussian_log_prob(x[:, None].double(), mu_x.double(), log_std_x.double()).sum(-1)
+                     + standard_normal_log_prob(z).sum(-1))  # (B, G)
+        return torch.logsumexp(log_joint, 1) + 2 * math.log(h)
 
     @torch.no_grad()
     def sample(self, n: int, noise: bool = True) -> torch.Tensor:

@@ -83,6 +83,9 @@ class VLAE(VAE):
         log_q = gaussian_log_prob(z, mu, log_std).sum(-1)  # (B,)
         return log_q - self.prior.log_prob(z)
 
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return self.prior.log_prob(z)
+
     @torch.no_grad()
     def prior_sample(self, n: int) -> torch.Tensor:
         return self.prior.sample(n)

@@ -23,8 +23,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lvm.engine.config import Range
+from lvm.blocks.distributions import discretised_gaussian_log_prob
 from lvm.engine.data import to_unit
 from lvm.pixelcnn.model import PixelCNNConfig, build
+from lvm.vae.model import DECODER_LOG_STD
 from lvm.vqvae.quantizer import RESTART_WINDOW, VectorQuantizer
 from lvm.vqvae.transformer import TransformerPrior, TransformerPriorConfig
 
@@ -153,3 +155,25 @@ class VQVAEWithPrior(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.vqvae.reconstruct(x)
+
+    @torch.no_grad()
+    def log_prob_parts(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The two terms of `log_prob`, each (B,): `recon` = log P(x | c(x)) and `prior` =
+        log p(c(x))."""
+        codes = self.vqvae.encode(x)  # (B, 8, 8)
+        mean = self.vqvae.decoder(self.vqvae.vq.lookup(codes)).float()  # (B, C, 32, 32), unclamped
+        recon = discretised_gaussian_log_prob(x, mean, DECODER_LOG_STD).flatten(1).sum(1)  # (B,)
+        return {"recon": recon, "prior": self.prior.log_prob(codes).double()}
+
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """A lower bound on log p(x) of uint8 images x (B, C, 32, 32), (B,), nats: the VQ-VAE
+        paper's, with q(c|x) the one-hot posterior on the encoder's codes c(x):
+
+            log p(x) = log sum_c p(c) P(x|c) >= log p(c(x)) + log P(x | c(x)).
+
+        P(x|c) is the decoder's output as the mean of a Gaussian with standard deviation
+        sqrt(1/2) on the [-1, 1] scale (the Gaussian VAE's, `lvm.vae.model.DECODER_LOG_STD`; the
+        VQ-VAE's MSE loss fixes no scale of its own), integrated over each 8-bit value's bin.
+        p(c) is the prior's exact likelihood of the code grid."""
+        parts = self.log_prob_parts(x)
+        return parts["recon"] + parts["prior"]

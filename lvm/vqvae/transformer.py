@@ -169,6 +169,11 @@ class TransformerPrior(nn.Module):
         x = self._grid(x)
         return {"loss": F.cross_entropy(self.logits(x).float(), x)}  # float32 under autocast too
 
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """The exact log p(x) of each code grid (B, H, W): (B,), nats."""
+        x = self._grid(x)
+        return -F.cross_entropy(self.logits(x).float(), x, reduction="none").flatten(1).sum(1)
+
     def new_caches(self, batch: int) -> list[KVCache]:
         """Empty key/value caches, one per block, for `batch` sequences of the whole grid."""
         w = self.head.weight
