@@ -25,7 +25,7 @@ import ast
 import json
 import os
 import shutil
-import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -42,7 +42,12 @@ from lvm.engine.errors import UserError
 
 MAGIC_PREFIXES = ("%", "!")
 OUTPUT_CAP = 8 * 1024  # bytes of a child's output kept (its tail); the rest is read and dropped
-RESULT_CAP = 256 * 1024 * 1024  # bytes of returned arrays read back from a child
+RESULT_CAP = 64 << 20  # bytes of the child's outputs.npz (compressed) read back
+ARRAY_CAP = 4 << 20  # values in one returned array (the largest the course asks for: 307,200)
+TOTAL_CAP = 8 << 20  # values in all returned arrays together: at most 64 MiB once they are float64
+REPORT_CAP = 1 << 20  # bytes of the child's result.json
+ALIKE = 0.1  # samples whose spread is under this share of the test images' are "all the same" (measured below)
+LATENT_USED = 0.7  # share of reconstructions nearer their own original (chance 0.5; measured below)
 
 
 # ----------------------------------------------------------------------------- results
@@ -235,24 +240,39 @@ def _curves(result: Result, train: np.ndarray, test: np.ndarray, name: str) -> N
                  f"{name}: test loss did not fall ({first:.4f} {start}, {last:.4f} at the end)")
 
 
-def _elbo_terms(result: Result, losses: np.ndarray, name: str) -> None:
-    neg_elbo, recon, kl = losses[:, 0], losses[:, 1], losses[:, 2]
-    gap = np.abs(neg_elbo - (recon + kl)).max()
-    tolerance = 1e-3 * max(1.0, np.abs(neg_elbo).max())
-    result.check(gap <= tolerance, f"{name}: -ELBO = recon + KL in every row" if gap <= tolerance else
-                 f"{name}: column 0 should be -ELBO = recon (column 1) + KL (column 2); off by up to {gap:.4g}")
-    result.check(kl[-1] >= -1e-3, f"{name}: final KL {kl[-1]:.4f} >= 0" if kl[-1] >= -1e-3 else
-                 f"{name}: final KL is {kl[-1]:.4f}, but a KL divergence is never negative")
+def _elbo_terms(result: Result, train: np.ndarray, test: np.ndarray) -> None:
+    """In every finite row of both tables: -ELBO = recon + KL, and the KL is >= 0 (and not 0
+    everywhere, which means it was never computed)."""
+    rows = np.concatenate([train, test])
+    rows = rows[np.isfinite(rows).all(1)]
+    if not len(rows):
+        return
+    neg_elbo, recon, kl = rows[:, 0], rows[:, 1], rows[:, 2]
+    # float32 losses summed in another order differ by ~1e-6 relative; 1e-3 leaves room for that
+    off = np.abs(neg_elbo - (recon + kl)) > 1e-3 * np.maximum(1.0, np.abs(neg_elbo))
+    result.check(not off.any(), "-ELBO = recon + KL in every row" if not off.any() else
+                 f"column 0 is not recon (column 1) + KL (column 2) in {int(off.sum())} of {len(rows)} rows: is the KL "
+                 "left out of the -ELBO, or scaled (halved, a beta) in one column and not the other?")
+    negative = kl < -1e-3 * np.maximum(1.0, np.abs(neg_elbo))
+    if negative.any():
+        result.fail(f"the KL is negative in {int(negative.sum())} of {len(rows)} rows (down to {kl.min():.4g}), "
+                    "and a KL divergence never is: is its sign flipped? For a diagonal Gaussian against N(0, I) "
+                    "it is 0.5 * sum(mu^2 + sigma^2 - 1 - log sigma^2)")
+    elif not kl.any():
+        result.fail("the KL is exactly 0 in every row, at initialisation too: is the KL term left out of the loss "
+                    "(and of the -ELBO)?")
+    else:
+        result.check(True, "KL >= 0 in every row")
 
 
-def _elbo_curves(result: Result, tr: np.ndarray | None, te: np.ndarray | None, name: str) -> None:
+def _elbo_curves(result: Result, tr: np.ndarray | None, te: np.ndarray | None, name: str) -> bool:
     ok = _shape(result, tr, "train_losses", (None, 3), "one row per minibatch: -ELBO, reconstruction, KL")
     ok &= _shape(result, te, "test_losses", (None, 3), "one row after every epoch (and one at initialisation): "
                  "-ELBO, reconstruction, KL")
     if ok:
+        _elbo_terms(result, tr, te)
         _curves(result, tr, te, name)
-        if np.isfinite(te).all():
-            _elbo_terms(result, te, "test_losses")
+    return ok
 
 
 def _images(result: Result, a: np.ndarray | None, name: str, size: int, channels: int, binary: bool = False) -> bool:
@@ -280,6 +300,59 @@ def _pairs(result: Result, recon: np.ndarray, test_data: np.ndarray, name: str) 
     result.check(found == 50, f"{name}: even rows are 50 test images, odd rows their reconstructions" if found == 50
                  else f"{name}: only {found} of the 50 even rows (0, 2, 4, ...) are test images; expected pairs "
                  "(test image, its reconstruction)")
+
+
+# ----------------------------------------------------------------------------- what the answers mean
+
+
+def copied(samples: np.ndarray, train: np.ndarray) -> int:
+    """How many samples are exact copies of a training example (images compared as uint8)."""
+    if samples.ndim > 2:  # images in [0, 255] (0/1 for Q4b): compare as the data is stored
+        as_data = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8).reshape(len(a), -1)  # noqa: E731
+        known = {row.tobytes() for row in as_data(train)}
+        return sum(row.tobytes() in known for row in as_data(samples))
+    known = {row.tobytes() for row in np.asarray(train, np.float32)}
+    return sum(row.tobytes() in known for row in np.asarray(samples, np.float32))
+
+
+def _not_copies(result: Result, samples: np.ndarray, train: np.ndarray, name: str, limit: float) -> None:
+    n = copied(samples, train)
+    ok = n <= limit * len(samples)
+    result.check(ok, f"{name}: not copies of training examples ({n} of {len(samples)} are)" if ok else
+                 f"{name}: {n} of {len(samples)} are copies of training examples: samples must be drawn from the "
+                 "model (z from the prior, then the decoder), not taken from the data")
+
+
+def spread(images: np.ndarray) -> float:
+    """Mean distance between two images of a set (root mean square over pixels), from its
+    per-pixel variance: E||a - b||^2 = 2 * sum of variances."""
+    flat = images.reshape(len(images), -1).astype(np.float64)
+    return float(np.sqrt(2 * flat.var(0).mean()))
+
+
+def _diverse(result: Result, samples: np.ndarray, test: np.ndarray, name: str, why: str) -> None:
+    ratio = spread(samples) / max(spread(test[:100]), 1e-9)
+    ok = ratio >= ALIKE
+    result.check(ok, f"{name}: they differ from one another (spread {ratio:.2f} of the test images')" if ok else
+                 f"{name}: nearly all the same image (spread {ratio:.3f} of the test images'): {why}")
+
+
+def latent_use(pairs: np.ndarray) -> float:
+    """From 50 (test image, reconstruction) pairs: the share of reconstructions nearer their own
+    original than the median of the other originals. About 0.5 when the latent carries nothing."""
+    x, r = (pairs[0::2].reshape(50, -1).astype(np.float64), pairs[1::2].reshape(50, -1).astype(np.float64))
+    d = ((r[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # (50 reconstructions, 50 originals)
+    own = np.diag(d)
+    others = np.array([np.median(np.delete(d[i], i)) for i in range(50)])
+    return float((own < others).mean())
+
+
+def _latent_used(result: Result, pairs: np.ndarray, why: str) -> None:
+    share = latent_use(pairs)
+    ok = share >= LATENT_USED
+    result.check(ok, f"reconstructions: {share:.0%} are nearer their own test image than most others: the latent is "
+                 "used" if ok else f"reconstructions: only {share:.0%} are nearer their own test image than most "
+                 f"others (chance: 50%): the latent carries nothing; {why}")
 
 
 # ----------------------------------------------------------------------------- the questions
@@ -435,40 +508,25 @@ class _Tail(threading.Thread):
         return head + self.kept.decode("utf-8", "replace")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """The child and anything it started (it leads its own session)."""
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _child_env() -> dict[str, str]:
-    import lvm
-
-    env = dict(os.environ)
-    root = str(Path(lvm.__file__).resolve().parent.parent)  # the child imports this very lvm
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("MPLBACKEND", "Agg")
-    return env
-
-
 def run_question(source: str, question: str, train_size: int, timeout: float) -> Result:
-    """Grade one question: `source` is a file's path or "reference"."""
+    """Grade one question: `source` is a file's path or "reference". The child runs in a sandbox
+    (`lvm.homework.sandbox`); every check runs here, on what it left in its output folder."""
+    import lvm
+    from lvm.homework import sandbox
+
     spec = QUESTIONS[question]
     result = Result(question, spec.title)
     start = time.perf_counter()
     inputs = spec.inputs(train_size)
-    job = Path(tempfile.mkdtemp(prefix=f"lvm-grade-{question}-"))
+    student = None if source == "reference" else Path(source).resolve()
+    box = sandbox.Box(prefix=f"lvm-grade-{question}-")
     try:
-        np.savez(job / "inputs.npz", train=inputs["train"], test=inputs["test"])
-        (job / "job.json").write_text(json.dumps({"source": source, "function": spec.function, "args": inputs["args"]}))
-        proc = subprocess.Popen([sys.executable, "-m", "lvm.homework.runner", str(job)], env=_child_env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=os.name == "posix")
+        np.savez(box.inputs / "inputs.npz", train=inputs["train"], test=inputs["test"])
+        job = {"source": source if student is None else str(student), "function": spec.function, "args": inputs["args"]}
+        (box.inputs / "job.json").write_text(json.dumps(job))
+        lvm_root = str(Path(lvm.__file__).resolve().parent.parent)  # the child imports this very lvm
+        proc = box.start([sys.executable, "-m", "lvm.homework.runner", box.inside(box.inputs), box.inside(box.outputs)],
+                         student, timeout, lvm_root)
         tail = _Tail(proc.stdout)
         tail.start()
         try:
@@ -476,8 +534,7 @@ def run_question(source: str, question: str, train_size: int, timeout: float) ->
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out, code = True, None
-        _kill_group(proc)  # on time out, and any process the student's code left behind
-        proc.wait()
+        box.stop()  # on time out, and any process the student's code left behind
         tail.join(timeout=5)
         result.output = tail.text()
         result.seconds = time.perf_counter() - start
@@ -485,17 +542,78 @@ def run_question(source: str, question: str, train_size: int, timeout: float) ->
             result.fail(f"{spec.function} did not finish within {timeout:g} s (loading the file and training on "
                         f"{train_size} examples) and was stopped: an endless loop, or a budget far above the course's?")
             return result
-        _read_child(result, job, spec, inputs, code)
+        _read_child(result, box.outputs, spec, inputs, code)
     finally:
-        shutil.rmtree(job, ignore_errors=True)
+        box.close()
     return result
+
+
+def _open_plain(path: Path, cap: int):
+    """`path` opened for reading if it is a regular file (not a link, a FIFO or a device the child
+    put there) of at most `cap` bytes; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > cap:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+class ResultError(ValueError):
+    """The child's arrays are not what they claim, or too large to read."""
+
+
+def read_arrays(path: Path, count: int, cap_elements: int = ARRAY_CAP, cap_total: int = TOTAL_CAP) -> list:
+    """out0 ... out{count-1} from the child's .npz, read as untrusted data: each array's header
+    (dtype, shape) is checked before any of its data is read; numbers only (no pickles, no
+    objects), at most `cap_elements` values each and `cap_total` in all, so that a small file
+    that declares huge arrays (a zip bomb) costs nothing. Missing arrays are None."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    f = _open_plain(path, RESULT_CAP)
+    if f is None:
+        raise ResultError(f"missing, not a plain file, or over {RESULT_CAP >> 20} MiB")
+    out, total = [], 0
+    with f, zipfile.ZipFile(f) as z:
+        names = set(z.namelist())
+        for i in range(count):
+            if f"out{i}.npy" not in names:
+                out.append(None)
+                continue
+            with z.open(f"out{i}.npy") as member:
+                version = npy.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    raise ResultError(f"out{i}: .npy version {version}")
+                header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, fortran, dtype = header(member)
+                if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+                    raise ResultError(f"out{i}: dtype {dtype}")
+                size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+                total += size
+                if size > cap_elements or total > cap_total:
+                    raise ResultError(f"out{i}: {size} values declared; at most {cap_elements} per array and "
+                                      f"{cap_total} in all are read")
+                data = member.read(size * dtype.itemsize)
+                if len(data) != size * dtype.itemsize:
+                    raise ResultError(f"out{i}: shorter than its header says")
+                out.append(np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C"))
+    return out
 
 
 def _child_report(path: Path) -> dict | None:
     """result.json as written by the runner, or None when it is missing or not of that form
     (the student's code runs in that process and could have written anything there)."""
+    f = _open_plain(path, REPORT_CAP)
+    if f is None:
+        return None
     try:
-        report = json.loads(path.read_text())
+        with f:
+            report = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(report, dict) or report.get("status") not in ("returned", "failed"):
@@ -526,14 +644,11 @@ def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: i
         result.fail(f"{spec.function} returned a {report['type'][:50]}; expected {len(spec.returns)} values: "
                     f"{', '.join(spec.returns)}")
         return
-    path = job / "outputs.npz"
-    if not path.is_file() or path.stat().st_size > RESULT_CAP:
-        result.fail(f"{spec.function}'s return values could not be read back (missing, or over "
-                    f"{RESULT_CAP >> 20} MiB)")
-        return
     try:
-        with np.load(path, allow_pickle=False) as f:
-            returned = [f[f"out{i}"] if f"out{i}" in f.files else None for i in range(report["count"])]
+        returned = read_arrays(job / "outputs.npz", report["count"])
+    except ResultError as e:
+        result.fail(f"{spec.function}'s return values could not be read back ({e})")
+        return
     except Exception as e:  # noqa: BLE001 - a file the student's process could have written: data, never trusted
         result.fail(f"{spec.function}'s return values could not be read back ({type(e).__name__})")
         return
@@ -569,7 +684,24 @@ def format_result(r: Result, show_output: bool = False) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+class _GradeCommand(click.Command):
+    """`lvm grade --help` ends with the isolation in force on this machine (found when asked)."""
+
+    def get_help(self, ctx: click.Context) -> str:
+        from lvm.homework import sandbox
+
+        self.help = f"{GRADE_HELP}\n\n{sandbox.describe()}."
+        return super().get_help(ctx)
+
+
+GRADE_HELP = """Check the question functions of a homework notebook or .py file against the course's contracts
+and what the answers mean.
+
+Each question runs in a sandbox of its own (a child process, with a time limit): the student's
+code cannot touch the grader, its verdict or (with bubblewrap) any file outside its box."""
+
+
+@click.command(cls=_GradeCommand, help=GRADE_HELP)
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reference", is_flag=True, help="Grade the reference solutions (lvm.homework.solutions, tiny budget).")
 @click.option("-q", "--question", "questions", multiple=True, type=click.Choice(list(QUESTIONS)),
@@ -581,10 +713,8 @@ def format_result(r: Result, show_output: bool = False) -> str:
 @click.option("--output", "show_output", is_flag=True,
               help=f"Show what each question's code printed (its last {OUTPUT_CAP // 1024} KiB).")
 def grade(path, reference, questions, train_size, timeout, show_output):
-    """Check the question functions of a homework notebook or .py file against the course's contracts.
+    from lvm.homework import sandbox
 
-    Grading runs the student's code (in a child process per question, with a time limit), as any
-    grader must: run it only on files you would run yourself."""
     if reference == (path is not None):
         raise click.UsageError("give a notebook or .py file to grade, or --reference (not both)")
     if train_size is not None and train_size < 100:
@@ -600,6 +730,8 @@ def grade(path, reference, questions, train_size, timeout, show_output):
         found = [q for q, spec in QUESTIONS.items() if spec.function in names]
     chosen = list(questions) or found
     click.echo(f"grading {what}")
+    if chosen and sandbox.kind() != "bwrap":
+        click.echo(f"warning: {sandbox.describe()}")
     for note in notes:
         click.echo(f"  note: {note}")
     if not chosen:
