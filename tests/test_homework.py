@@ -139,6 +139,24 @@ def test_stand_ins_are_asked_for_by_environment_or_function(no_course_data, monk
             hw.use_standin(**bad)
 
 
+def test_a_missing_stand_in_names_what_works_offline(no_course_data, monkeypatch):
+    monkeypatch.setenv("LVM_STANDIN", "1")  # fashion-mnist-binary for MNIST: here made missing
+    real = hw.dataset_hwc
+
+    def without_fashion_mnist(name, *args):
+        if name.startswith("fashion-mnist"):
+            raise UserError(f"dataset '{name}' not found: no train-images-idx3-ubyte.gz in /nowhere")
+        return real(name, *args)
+
+    monkeypatch.setattr(hw, "dataset_hwc", without_fashion_mnist)
+    with pytest.raises(UserError) as e:
+        hw.course_data("mnist", 20, 10, quiet=True)
+    assert "\n" not in str(e.value) and "stand-in 'fashion-mnist-binary' is not installed" in str(e.value)
+    assert "LVM_STANDIN=shapes,shapes-binary" in str(e.value)
+    monkeypatch.setenv("LVM_STANDIN", "shapes,shapes-binary")  # what the line says works
+    assert hw.course_data("mnist", 20, 10, quiet=True)[0].shape == (20, 28, 28, 1)
+
+
 def record(fn, seen: dict):
     """Wrap a question function, keeping the arguments it got and the values it returned."""
     def wrapped(*args):
