@@ -25,7 +25,7 @@ import ast
 import json
 import os
 import shutil
-import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -42,7 +42,10 @@ from lvm.engine.errors import UserError
 
 MAGIC_PREFIXES = ("%", "!")
 OUTPUT_CAP = 8 * 1024  # bytes of a child's output kept (its tail); the rest is read and dropped
-RESULT_CAP = 256 * 1024 * 1024  # bytes of returned arrays read back from a child
+RESULT_CAP = 64 << 20  # bytes of the child's outputs.npz (compressed) read back
+ARRAY_CAP = 4 << 20  # values in one returned array (the largest the course asks for: 307,200)
+TOTAL_CAP = 8 << 20  # values in all returned arrays together: at most 64 MiB once they are float64
+REPORT_CAP = 1 << 20  # bytes of the child's result.json
 
 
 # ----------------------------------------------------------------------------- results
@@ -235,24 +238,39 @@ def _curves(result: Result, train: np.ndarray, test: np.ndarray, name: str) -> N
                  f"{name}: test loss did not fall ({first:.4f} {start}, {last:.4f} at the end)")
 
 
-def _elbo_terms(result: Result, losses: np.ndarray, name: str) -> None:
-    neg_elbo, recon, kl = losses[:, 0], losses[:, 1], losses[:, 2]
-    gap = np.abs(neg_elbo - (recon + kl)).max()
-    tolerance = 1e-3 * max(1.0, np.abs(neg_elbo).max())
-    result.check(gap <= tolerance, f"{name}: -ELBO = recon + KL in every row" if gap <= tolerance else
-                 f"{name}: column 0 should be -ELBO = recon (column 1) + KL (column 2); off by up to {gap:.4g}")
-    result.check(kl[-1] >= -1e-3, f"{name}: final KL {kl[-1]:.4f} >= 0" if kl[-1] >= -1e-3 else
-                 f"{name}: final KL is {kl[-1]:.4f}, but a KL divergence is never negative")
+def _elbo_terms(result: Result, train: np.ndarray, test: np.ndarray) -> None:
+    """In every finite row of both tables: -ELBO = recon + KL, and the KL is >= 0 (and not 0
+    everywhere, which means it was never computed)."""
+    rows = np.concatenate([train, test])
+    rows = rows[np.isfinite(rows).all(1)]
+    if not len(rows):
+        return
+    neg_elbo, recon, kl = rows[:, 0], rows[:, 1], rows[:, 2]
+    # float32 losses summed in another order differ by ~1e-6 relative; 1e-3 leaves room for that
+    off = np.abs(neg_elbo - (recon + kl)) > 1e-3 * np.maximum(1.0, np.abs(neg_elbo))
+    result.check(not off.any(), "-ELBO = recon + KL in every row" if not off.any() else
+                 f"column 0 is not recon (column 1) + KL (column 2) in {int(off.sum())} of {len(rows)} rows: is the KL "
+                 "left out of the -ELBO, or scaled (halved, a beta) in one column and not the other?")
+    negative = kl < -1e-3 * np.maximum(1.0, np.abs(neg_elbo))
+    if negative.any():
+        result.fail(f"the KL is negative in {int(negative.sum())} of {len(rows)} rows (down to {kl.min():.4g}), "
+                    "and a KL divergence never is: is its sign flipped? For a diagonal Gaussian against N(0, I) "
+                    "it is 0.5 * sum(mu^2 + sigma^2 - 1 - log sigma^2)")
+    elif not kl.any():
+        result.fail("the KL is exactly 0 in every row, at initialisation too: is the KL term left out of the loss "
+                    "(and of the -ELBO)?")
+    else:
+        result.check(True, "KL >= 0 in every row")
 
 
-def _elbo_curves(result: Result, tr: np.ndarray | None, te: np.ndarray | None, name: str) -> None:
+def _elbo_curves(result: Result, tr: np.ndarray | None, te: np.ndarray | None, name: str) -> bool:
     ok = _shape(result, tr, "train_losses", (None, 3), "one row per minibatch: -ELBO, reconstruction, KL")
     ok &= _shape(result, te, "test_losses", (None, 3), "one row after every epoch (and one at initialisation): "
                  "-ELBO, reconstruction, KL")
     if ok:
+        _elbo_terms(result, tr, te)
         _curves(result, tr, te, name)
-        if np.isfinite(te).all():
-            _elbo_terms(result, te, "test_losses")
+    return ok
 
 
 def _images(result: Result, a: np.ndarray | None, name: str, size: int, channels: int, binary: bool = False) -> bool:
@@ -262,7 +280,8 @@ def _images(result: Result, a: np.ndarray | None, name: str, size: int, channels
     lo, hi = float(a.min()), float(a.max())
     if binary:
         ok = bool(np.isin(a, (0.0, 1.0)).all())
-        return result.check(ok, f"{name}: values are 0/1" if ok else f"{name}: values should be 0 or 1, found {lo:.3g}..{hi:.3g}")
+        return result.check(ok, f"{name}: values are 0/1" if ok else f"{name}: values should be 0 or 1, found {lo:.3g}..{hi:.3g} (probabilities? draw 0/1 "
+                            "from them, or threshold them)")
     ok = lo >= -1e-3 and 1.0 < hi <= 255 + 1e-3  # 0..1 is in range, but it is not the course's scale
     if not result.check(ok, f"{name}: values in [0, 255]" if ok else f"{name}: values should lie in [0, 255], found "
                         f"{lo:.3g}..{hi:.3g}" + (" (looks like [0, 1] or [-1, 1]: multiply to 0..255)" if hi <= 1.0 else "")):
@@ -280,6 +299,45 @@ def _pairs(result: Result, recon: np.ndarray, test_data: np.ndarray, name: str) 
     result.check(found == 50, f"{name}: even rows are 50 test images, odd rows their reconstructions" if found == 50
                  else f"{name}: only {found} of the 50 even rows (0, 2, 4, ...) are test images; expected pairs "
                  "(test image, its reconstruction)")
+
+
+# ----------------------------------------------------------------------------- what the answers mean
+
+
+def copied(samples: np.ndarray, train: np.ndarray) -> int:
+    """How many samples are exact copies of a training example (images compared as uint8)."""
+    if samples.ndim > 2:  # images in [0, 255] (0/1 for Q4b): compare as the data is stored
+        as_data = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8).reshape(len(a), -1)  # noqa: E731
+        known = {row.tobytes() for row in as_data(train)}
+        return sum(row.tobytes() in known for row in as_data(samples))
+    known = {row.tobytes() for row in np.asarray(train, np.float32)}
+    return sum(row.tobytes() in known for row in np.asarray(samples, np.float32))
+
+
+def _not_copies(result: Result, samples: np.ndarray, train: np.ndarray, name: str, limit: float) -> None:
+    n = copied(samples, train)
+    ok = n <= limit * len(samples)
+    result.check(ok, f"{name}: not copies of training examples ({n} of {len(samples)} are)" if ok else
+                 f"{name}: {n} of {len(samples)} are copies of training examples: samples must be drawn from the "
+                 "model (z from the prior, then the decoder), not taken from the data")
+
+
+# The latent of Q2 and Q4b is used when the KL at the end is above this (nats per image). Measured:
+# the seeded reference at its tiny grading budget ends at 0.13 (Q2a, 8 steps), 0.27 (Q2b) and 0.66
+# (Q4b); a latent that carries nothing (no reparameterisation: the encoder gets no gradient from
+# the reconstruction; or posterior collapse) drives the KL to its floor, 0.
+LATENT_KL = 0.02
+
+
+def _latent_used(result: Result, test_losses: np.ndarray | None) -> None:
+    if test_losses is None or test_losses.ndim != 2 or test_losses.shape[1] != 3 or not np.isfinite(test_losses[-1]).all():
+        return
+    kl = float(test_losses[-1, 2])
+    ok = kl >= LATENT_KL
+    result.check(ok, f"the latent is used (final test KL {kl:.3g} nats)" if ok else
+                 f"the latent carries nothing (final test KL {kl:.3g} < {LATENT_KL} nats): is z sampled without the "
+                 "reparameterisation (mu + sigma * eps), so the encoder learns nothing from the reconstruction? "
+                 "Or has the posterior collapsed (free bits)?")
 
 
 # ----------------------------------------------------------------------------- the questions
@@ -323,22 +381,88 @@ def _binary_inputs(size: int) -> dict:
     raise AssertionError("shapes-binary is generated and cannot be missing")
 
 
+def q1_density(part: str, dset_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of the Gaussian that Q1's data is drawn from (lvm.engine.data.gaussians:
+    shift + (N(0, I) * scale) @ R, R the 45-degree rotation in part a)."""
+    shift, scale = (np.array([1.0, 2.0]), np.array([5.0, 1.0])) if dset_id == 1 else \
+        (np.array([-1.0, 2.0]), np.array([1.0, 5.0]))
+    s = np.sqrt(2) / 2
+    rotation = np.array([[s, s], [-s, s]]) if part == "a" else np.eye(2)
+    return shift, rotation.T @ np.diag(scale ** 2) @ rotation
+
+
+def q1_nll(x: np.ndarray, part: str, dset_id: int) -> float:
+    """The data's own mean negative log-likelihood of the points `x` (nats per point)."""
+    mean, cov = q1_density(part, dset_id)
+    d = np.asarray(x, np.float64) - mean
+    return float(np.mean(0.5 * np.log(np.linalg.det(2 * np.pi * cov)) + 0.5 * np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d)))
+
+
+# How far below the data's NLL a test -ELBO may go. Measured on the graded slice (q1 a 1, 2,000
+# training points, 500 test points that are also training points; true NLL 4.424): the reference
+# at the course's budget dipped to 0.008 below it (4.416, epoch 17 of 20: a one-sample Monte-Carlo
+# -ELBO is noisy), a Gaussian refitted to the 2,000 points scores 0.002 below, and a plain student
+# VAE after 80 epochs stays 0.033 above. The mistakes land far below: the KL reading the log-std
+# as a log-variance at 1.54 below (80 epochs), the KL left out at 3.04 below (20 epochs).
+Q1_BOUND_TOLERANCE = 0.1
+# samples_noise's variance along each axis, as a share of the data's: honest answers measured from
+# 0.70 (3 epochs, latent unused) to 1.04; half or twice is wrong (no noise, or a scale read wrongly).
+Q1_VARIANCE_RANGE = (0.5, 2.0)
+# Noise only adds spread (Var[mu(z) + sigma(z) eps] = Var[mu(z)] + E[sigma^2]); 1,000-point
+# variances err by ~6 % each, so 0.8 leaves room: the reference at the course's budget has 1.11.
+Q1_NOISE_SPREAD = 0.8
+
+
 def _check_q1(result: Result, out: list, inputs: dict) -> None:
     tr, te, noise, nonoise = out
-    _elbo_curves(result, tr, te, "q1")
+    part, dset_id = inputs["args"]
+    if _elbo_curves(result, tr, te, "q1"):
+        finite = te[np.isfinite(te).all(1)]
+        nll = q1_nll(inputs["test"], part, dset_id)
+        if len(finite):
+            low = float(finite[:, 0].min())
+            ok = low >= nll - Q1_BOUND_TOLERANCE
+            result.check(ok, f"q1: test -ELBO stays above the data's own NLL ({low:.3f} >= {nll:.3f} - "
+                         f"{Q1_BOUND_TOLERANCE})" if ok else
+                         f"q1: your -ELBO is below the data's own NLL ({low:.3f} < {nll:.3f} on the graded test "
+                         "points), which no bound can be: check the KL term (a log-std used as a log-variance?) and "
+                         "that the -ELBO includes it")
+            last = float(finite[-1, 0])
+            if last > 3 * nll:
+                result.fail(f"q1: final test -ELBO {last:.3f} is over 3 times the data's NLL {nll:.3f}: losses summed "
+                            "over a batch instead of averaged per point, or barely trained?")
     train = inputs["train"]
+    good = {}
     for a, n in ((noise, "samples_noise"), (nonoise, "samples_nonoise")):
         if _shape(result, a, n, (1000, 2), "1000 points in 2-D") and _finite(result, a, n):
             dist = np.abs(a.mean(0) - train.mean(0)) / train.std(0)
             result.check(dist.max() < 2, f"{n}: centred on the data" if dist.max() < 2 else
                          f"{n}: mean {a.mean(0).round(2).tolist()} is far from the data's {train.mean(0).round(2).tolist()}")
+            _not_copies(result, a, train, n, 0.05)
+            good[n] = a
+    if len(good) == 2:
+        wide, narrow = np.trace(np.cov(noise.T)), np.trace(np.cov(nonoise.T))
+        ok = wide >= Q1_NOISE_SPREAD * narrow
+        result.check(ok, f"samples_noise spread at least as widely as samples_nonoise (variance {wide:.3g} vs "
+                     f"{narrow:.3g})" if ok else f"samples_noise spread less than samples_nonoise (variance {wide:.3g} "
+                     f"vs {narrow:.3g}): are the two swapped? With noise, mu(z) + sigma(z) * eps spreads at least as "
+                     "widely as mu(z)")
+    if "samples_noise" in good:
+        ratio = noise.var(0) / train.var(0)
+        lo, hi = Q1_VARIANCE_RANGE
+        ok = bool(((ratio >= lo) & (ratio <= hi)).all())
+        result.check(ok, f"samples_noise: variance per axis {ratio.round(2).tolist()} of the data's" if ok else
+                     f"samples_noise: variance per axis {ratio.round(2).tolist()} of the data's, outside {lo}..{hi}: "
+                     "is the decoder's noise left out, or its log-std read as a variance (or the other way)?")
 
 
 def _check_q2(part: str) -> Callable:
     def check(result: Result, out: list, inputs: dict) -> None:
         tr, te, samples, recon, interp = out
-        _elbo_curves(result, tr, te, f"q2_{part}")
-        _images(result, samples, "samples", 32, 3)
+        if _elbo_curves(result, tr, te, f"q2_{part}"):
+            _latent_used(result, te)
+        if _images(result, samples, "samples", 32, 3):
+            _not_copies(result, samples, inputs["train"], "samples", 0.5)
         if _images(result, recon, "reconstructions", 32, 3):
             _pairs(result, recon, inputs["test"], "reconstructions")
         _images(result, interp, "interpolations", 32, 3)
@@ -356,15 +480,18 @@ def _check_vqvae(result: Result, out: list, inputs: dict) -> None:
         ok &= _shape(result, te, f"{n}_test_losses", (None,), "one loss after every epoch (and one at initialisation)")
         if ok:
             _curves(result, tr, te, n)
-    _images(result, samples, "samples", 32, 3)
+    if _images(result, samples, "samples", 32, 3):
+        _not_copies(result, samples, inputs["train"], "samples", 0.5)
     if _images(result, recon, "reconstructions", 32, 3):
         _pairs(result, recon, inputs["test"], "reconstructions")
 
 
 def _check_q4b(result: Result, out: list, inputs: dict) -> None:
     tr, te, samples, recon = out
-    _elbo_curves(result, tr, te, "q4_b")
-    _images(result, samples, "samples", 28, 1, binary=True)
+    if _elbo_curves(result, tr, te, "q4_b"):
+        _latent_used(result, te)
+    if _images(result, samples, "samples", 28, 1, binary=True):
+        _not_copies(result, samples, inputs["train"], "samples", 0.5)
     if _images(result, recon, "reconstructions", 28, 1, binary=True):
         _pairs(result, recon, inputs["test"], "reconstructions")
 
@@ -435,40 +562,25 @@ class _Tail(threading.Thread):
         return head + self.kept.decode("utf-8", "replace")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """The child and anything it started (it leads its own session)."""
-    try:
-        if os.name == "posix":
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _child_env() -> dict[str, str]:
-    import lvm
-
-    env = dict(os.environ)
-    root = str(Path(lvm.__file__).resolve().parent.parent)  # the child imports this very lvm
-    env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    env.setdefault("MPLBACKEND", "Agg")
-    return env
-
-
 def run_question(source: str, question: str, train_size: int, timeout: float) -> Result:
-    """Grade one question: `source` is a file's path or "reference"."""
+    """Grade one question: `source` is a file's path or "reference". The child runs in a sandbox
+    (`lvm.homework.sandbox`); every check runs here, on what it left in its output folder."""
+    import lvm
+    from lvm.homework import sandbox
+
     spec = QUESTIONS[question]
     result = Result(question, spec.title)
     start = time.perf_counter()
     inputs = spec.inputs(train_size)
-    job = Path(tempfile.mkdtemp(prefix=f"lvm-grade-{question}-"))
+    student = None if source == "reference" else Path(source).resolve()
+    box = sandbox.Box(prefix=f"lvm-grade-{question}-")
     try:
-        np.savez(job / "inputs.npz", train=inputs["train"], test=inputs["test"])
-        (job / "job.json").write_text(json.dumps({"source": source, "function": spec.function, "args": inputs["args"]}))
-        proc = subprocess.Popen([sys.executable, "-m", "lvm.homework.runner", str(job)], env=_child_env(),
-                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=os.name == "posix")
+        np.savez(box.inputs / "inputs.npz", train=inputs["train"], test=inputs["test"])
+        job = {"source": source if student is None else str(student), "function": spec.function, "args": inputs["args"]}
+        (box.inputs / "job.json").write_text(json.dumps(job))
+        lvm_root = str(Path(lvm.__file__).resolve().parent.parent)  # the child imports this very lvm
+        proc = box.start([sys.executable, "-m", "lvm.homework.runner", box.inside(box.inputs), box.inside(box.outputs)],
+                         student, timeout, lvm_root)
         tail = _Tail(proc.stdout)
         tail.start()
         try:
@@ -476,8 +588,7 @@ def run_question(source: str, question: str, train_size: int, timeout: float) ->
             timed_out = False
         except subprocess.TimeoutExpired:
             timed_out, code = True, None
-        _kill_group(proc)  # on time out, and any process the student's code left behind
-        proc.wait()
+        box.stop()  # on time out, and any process the student's code left behind
         tail.join(timeout=5)
         result.output = tail.text()
         result.seconds = time.perf_counter() - start
@@ -485,17 +596,78 @@ def run_question(source: str, question: str, train_size: int, timeout: float) ->
             result.fail(f"{spec.function} did not finish within {timeout:g} s (loading the file and training on "
                         f"{train_size} examples) and was stopped: an endless loop, or a budget far above the course's?")
             return result
-        _read_child(result, job, spec, inputs, code)
+        _read_child(result, box.outputs, spec, inputs, code)
     finally:
-        shutil.rmtree(job, ignore_errors=True)
+        box.close()
     return result
+
+
+def _open_plain(path: Path, cap: int):
+    """`path` opened for reading if it is a regular file (not a link, a FIFO or a device the child
+    put there) of at most `cap` bytes; else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > cap:
+        os.close(fd)
+        return None
+    return os.fdopen(fd, "rb")
+
+
+class ResultError(ValueError):
+    """The child's arrays are not what they claim, or too large to read."""
+
+
+def read_arrays(path: Path, count: int, cap_elements: int = ARRAY_CAP, cap_total: int = TOTAL_CAP) -> list:
+    """out0 ... out{count-1} from the child's .npz, read as untrusted data: each array's header
+    (dtype, shape) is checked before any of its data is read; numbers only (no pickles, no
+    objects), at most `cap_elements` values each and `cap_total` in all, so that a small file
+    that declares huge arrays (a zip bomb) costs nothing. Missing arrays are None."""
+    import zipfile
+
+    from numpy.lib import format as npy
+
+    f = _open_plain(path, RESULT_CAP)
+    if f is None:
+        raise ResultError(f"missing, not a plain file, or over {RESULT_CAP >> 20} MiB")
+    out, total = [], 0
+    with f, zipfile.ZipFile(f) as z:
+        names = set(z.namelist())
+        for i in range(count):
+            if f"out{i}.npy" not in names:
+                out.append(None)
+                continue
+            with z.open(f"out{i}.npy") as member:
+                version = npy.read_magic(member)
+                if version not in ((1, 0), (2, 0)):
+                    raise ResultError(f"out{i}: .npy version {version}")
+                header = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, fortran, dtype = header(member)
+                if dtype.hasobject or dtype.kind not in "biuf" or dtype.itemsize > 8:
+                    raise ResultError(f"out{i}: dtype {dtype}")
+                size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+                total += size
+                if size > cap_elements or total > cap_total:
+                    raise ResultError(f"out{i}: {size} values declared; at most {cap_elements} per array and "
+                                      f"{cap_total} in all are read")
+                data = member.read(size * dtype.itemsize)
+                if len(data) != size * dtype.itemsize:
+                    raise ResultError(f"out{i}: shorter than its header says")
+                out.append(np.frombuffer(data, dtype).reshape(shape, order="F" if fortran else "C"))
+    return out
 
 
 def _child_report(path: Path) -> dict | None:
     """result.json as written by the runner, or None when it is missing or not of that form
     (the student's code runs in that process and could have written anything there)."""
+    f = _open_plain(path, REPORT_CAP)
+    if f is None:
+        return None
     try:
-        report = json.loads(path.read_text())
+        with f:
+            report = json.loads(f.read().decode("utf-8"))
     except (OSError, ValueError, RecursionError):
         return None
     if not isinstance(report, dict) or report.get("status") not in ("returned", "failed"):
@@ -526,14 +698,11 @@ def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: i
         result.fail(f"{spec.function} returned a {report['type'][:50]}; expected {len(spec.returns)} values: "
                     f"{', '.join(spec.returns)}")
         return
-    path = job / "outputs.npz"
-    if not path.is_file() or path.stat().st_size > RESULT_CAP:
-        result.fail(f"{spec.function}'s return values could not be read back (missing, or over "
-                    f"{RESULT_CAP >> 20} MiB)")
-        return
     try:
-        with np.load(path, allow_pickle=False) as f:
-            returned = [f[f"out{i}"] if f"out{i}" in f.files else None for i in range(report["count"])]
+        returned = read_arrays(job / "outputs.npz", report["count"])
+    except ResultError as e:
+        result.fail(f"{spec.function}'s return values could not be read back ({e})")
+        return
     except Exception as e:  # noqa: BLE001 - a file the student's process could have written: data, never trusted
         result.fail(f"{spec.function}'s return values could not be read back ({type(e).__name__})")
         return
@@ -569,7 +738,24 @@ def format_result(r: Result, show_output: bool = False) -> str:
     return "\n".join(lines)
 
 
-@click.command()
+class _GradeCommand(click.Command):
+    """`lvm grade --help` ends with the isolation in force on this machine (found when asked)."""
+
+    def get_help(self, ctx: click.Context) -> str:
+        from lvm.homework import sandbox
+
+        self.help = f"{GRADE_HELP}\n\n{sandbox.describe()}."
+        return super().get_help(ctx)
+
+
+GRADE_HELP = """Check the question functions of a homework notebook or .py file against the course's contracts
+and what the answers mean.
+
+Each question runs in a sandbox of its own (a child process, with a time limit): the student's
+code cannot touch the grader, its verdict or (with bubblewrap) any file outside its box."""
+
+
+@click.command(cls=_GradeCommand, help=GRADE_HELP)
 @click.argument("path", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--reference", is_flag=True, help="Grade the reference solutions (lvm.homework.solutions, tiny budget).")
 @click.option("-q", "--question", "questions", multiple=True, type=click.Choice(list(QUESTIONS)),
@@ -581,10 +767,8 @@ def format_result(r: Result, show_output: bool = False) -> str:
 @click.option("--output", "show_output", is_flag=True,
               help=f"Show what each question's code printed (its last {OUTPUT_CAP // 1024} KiB).")
 def grade(path, reference, questions, train_size, timeout, show_output):
-    """Check the question functions of a homework notebook or .py file against the course's contracts.
+    from lvm.homework import sandbox
 
-    Grading runs the student's code (in a child process per question, with a time limit), as any
-    grader must: run it only on files you would run yourself."""
     if reference == (path is not None):
         raise click.UsageError("give a notebook or .py file to grade, or --reference (not both)")
     if train_size is not None and train_size < 100:
@@ -600,6 +784,8 @@ def grade(path, reference, questions, train_size, timeout, show_output):
         found = [q for q, spec in QUESTIONS.items() if spec.function in names]
     chosen = list(questions) or found
     click.echo(f"grading {what}")
+    if chosen and sandbox.kind() != "bwrap":
+        click.echo(f"warning: {sandbox.describe()}")
     for note in notes:
         click.echo(f"  note: {note}")
     if not chosen:

@@ -193,10 +193,17 @@ def course_data(name: str, train_limit: int | None = None, test_limit: int | Non
             f"{COURSE_FILES[name]} not found in {folder}: put the course's {COURSE_FILES[name]} there (or point "
             f"$LVM_DATA_DIR at its folder), or work offline on a stand-in ("
             f"{'binarised Fashion-MNIST' if binary else 'the generated shapes'}): call use_standin() in the "
-            "notebook, or set LVM_STANDIN=1 in the environment")
+            "notebook, or set LVM_STANDIN=1 in the environment (LVM_STANDIN=shapes,shapes-binary needs no files)")
     if not quiet:
         print(f"note: {COURSE_FILES[name]} is not in {folder}; using the stand-in '{standin}'", file=sys.stderr)
-    return dataset_hwc(standin, train_limit, test_limit)
+    try:
+        return dataset_hwc(standin, train_limit, test_limit)
+    except UserError as e:
+        if "not found" not in str(e):
+            raise
+        raise UserError(f"{COURSE_FILES[name]} is not in {folder}, and its stand-in '{standin}' is not installed "
+                        f"either; what works offline is generated: LVM_STANDIN=shapes,shapes-binary (or "
+                        f"use_standin('shapes', 'shapes-binary'))") from None
 
 
 def load_pickled_data(fname: str | Path) -> tuple[np.ndarray, np.ndarray]:

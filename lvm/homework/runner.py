@@ -1,13 +1,15 @@
 """The child process of `lvm grade`: load a student's definitions, call one question function on
 the inputs the grader wrote, and write back what it returned as plain numeric arrays.
 
-    python -m lvm.homework.runner JOB_DIR
+    python -m lvm.homework.runner IN_DIR OUT_DIR
 
-JOB_DIR holds job.json (which file, which function, the extra arguments) and inputs.npz (the
-training and test arrays); this writes result.json (what happened, in words) and outputs.npz
-(the returned values, `np.savez` without pickles). Nothing here decides a verdict: the parent
-reads these two files as data and runs every check itself, so whatever the student's code does
-in this process (exit, patch the grader, print, loop until it is killed) cannot make it pass.
+IN_DIR holds job.json (which file, which function, the extra arguments) and inputs.npz (the
+training and test arrays); this writes, to OUT_DIR, result.json (what happened, in words) and
+outputs.npz (the returned values, `np.savez` without pickles). It runs inside the grader's
+sandbox (`lvm.homework.sandbox`). Nothing here decides a verdict: the parent reads these two
+files as untrusted data and runs every check itself, so whatever the student's code does in this
+process (exit, patch the grader, print, forge the files, loop until it is killed) cannot make it
+pass.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def _student_functions(source: str, function: str) -> tuple[Any, list[str], str]
     return namespace.get(function), notes, str(path)
 
 
-def run(job_dir: Path) -> dict:
+def run(job_dir: Path, out_dir: Path) -> dict:
     job = json.loads((job_dir / "job.json").read_text())
     function = job["function"]
     try:
@@ -96,14 +98,14 @@ def run(job_dir: Path) -> dict:
             arrays[f"out{i}"] = _as_array(value)
         except (TypeError, ValueError, RuntimeError) as e:
             bad[str(i)] = f"{type(value).__name__}: {e}"
-    np.savez(job_dir / "outputs.npz", **arrays)
+    np.savez(out_dir / "outputs.npz", **arrays)
     return {"status": "returned", "notes": notes, "count": len(out), "bad": bad}
 
 
 def main() -> None:
-    job_dir = Path(sys.argv[1])
-    result = run(job_dir)
-    (job_dir / "result.json").write_text(json.dumps(result))
+    job_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
+    result = run(job_dir, out_dir)
+    (out_dir / "result.json").write_text(json.dumps(result))
 
 
 if __name__ == "__main__":

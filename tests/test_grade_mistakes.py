@@ -1,0 +1,245 @@
+"""The grader checks what an answer means (issue 22): typical student mistakes, each graded with
+the grader's own checks, fail with the line that names the mistake; correct answers pass.
+
+Q1's mistakes are real: a small student VAE (written below as a student would) trained on the
+grader's slice with the mistake in it. The others change what a correct answer returns in the
+way the mistake does. homework/README.md has the table of these mistakes and the grader's words."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from lvm.homework.grade import QUESTIONS, check_outputs, copied, q1_density, q1_nll
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- a student's Q1
+
+
+def mlp(n_in: int, n_out: int) -> nn.Module:
+    return nn.Sequential(nn.Linear(n_in, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, n_out))
+
+
+class StudentVAE(nn.Module):
+    """Encoder and decoder output a mean and a log-std each; `mistake` puts one typical error in."""
+
+    def __init__(self, mistake: str | None):
+        super().__init__()
+        self.enc, self.dec, self.mistake = mlp(2, 4), mlp(2, 4), mistake
+
+    def terms(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, log_std = self.enc(x).chunk(2, 1)  # (B, 2) each
+        z = mu + log_std.exp() * torch.randn_like(mu)
+        mean_x, log_std_x = self.dec(z).chunk(2, 1)
+        recon = (0.5 * np.log(2 * np.pi) + log_std_x + 0.5 * ((x - mean_x) / log_std_x.exp()) ** 2).sum(1).mean()
+        if self.mistake == "log-std as log-variance":
+            kl = 0.5 * (mu ** 2 + log_std.exp() - 1 - log_std).sum(1).mean()
+        elif self.mistake == "KL sign":
+            kl = 0.5 * (1 + 2 * log_std - mu ** 2 - (2 * log_std).exp()).sum(1).mean()
+        elif self.mistake == "no KL":
+            kl = torch.zeros(())
+        else:
+            kl = 0.5 * (mu ** 2 + (2 * log_std).exp() - 1 - 2 * log_std).sum(1).mean()
+            if self.mistake == "KL halved":
+                kl = kl / 2
+        return recon + kl, recon, kl
+
+    @torch.no_grad()
+    def sample(self, n: int, noise: bool) -> np.ndarray:
+        mean_x, log_std_x = self.dec(torch.randn(n, 2)).chunk(2, 1)
+        return (mean_x + log_std_x.exp() * torch.randn_like(mean_x) if noise else mean_x).numpy()
+
+
+def student_q1(train_data, test_data, part, dset_id, mistake=None, epochs=20):
+    torch.manual_seed(0)
+    model = StudentVAE(mistake)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    train, test = torch.as_tensor(train_data), torch.as_tensor(test_data)
+
+    def evaluate():
+        with torch.no_grad():
+            return [float(v) for v in model.terms(test)]
+
+    train_losses, test_losses = [], [evaluate()]
+    for _ in range(epochs):
+        for batch in train[torch.randperm(len(train))].split(128):
+            loss, recon, kl = model.terms(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            train_losses.append([float(loss.detach()), float(recon.detach()), float(kl.detach())])
+        test_losses.append(evaluate())
+    return (np.array(train_losses), np.array(test_losses), model.sample(1000, noise=True),
+            model.sample(1000, noise=False))
+
+
+@pytest.fixture(scope="module")
+def q1_inputs():
+    return QUESTIONS["q1"].inputs(2000)
+
+
+@pytest.fixture(scope="module")
+def q1_correct(q1_inputs):
+    return student_q1(q1_inputs["train"], q1_inputs["test"], "a", 1)
+
+
+def failures(question: str, returned, inputs: dict) -> list[str]:
+    r = check_outputs(question, returned, inputs)
+    return [c.message for c in r.checks if not c.ok]
+
+
+def test_the_known_density_is_the_generators(q1_inputs):
+    from lvm.engine.data import gaussians
+
+    for part in "ab":
+        for dset_id in (1, 2):
+            x = gaussians(part, dset_id, 10_000).astype(np.float64)
+            mean, cov = q1_density(part, dset_id)
+            assert np.abs(x.mean(0) - mean).max() < 0.15 and np.abs(np.cov(x.T) - cov).max() < 0.1 * np.abs(cov).max()
+    # the NLL of the true density: its entropy, log(2 pi e) + log(5) = 4.447, on a large sample
+    assert abs(q1_nll(gaussians("a", 1, 10_000), "a", 1) - (np.log(2 * np.pi * np.e) + np.log(5))) < 0.03
+
+
+def test_a_correct_student_answer_passes(q1_inputs, q1_correct):
+    assert failures("q1", q1_correct, q1_inputs) == []
+
+
+@pytest.mark.parametrize("mistake, words", [
+    ("KL sign", "is its sign flipped?"),
+    ("log-std as log-variance", "your -ELBO is below the data's own NLL"),
+    ("KL halved", "check the KL term (a log-std used as a log-variance?) and that the -ELBO includes it"),
+    ("no KL", "the KL is exactly 0 in every row, at initialisation too: is the KL term left out of the loss"),
+])
+def test_q1_kl_mistakes_are_named(q1_inputs, mistake, words):
+    found = failures("q1", student_q1(q1_inputs["train"], q1_inputs["test"], "a", 1, mistake), q1_inputs)
+    assert any(words in m for m in found), found
+
+
+def test_q1_kl_left_out_of_the_elbo_column_is_named(q1_inputs, q1_correct):
+    train, test, noise, nonoise = q1_correct
+    drop = lambda t: np.stack([t[:, 1], t[:, 1], t[:, 2]], 1)  # noqa: E731 - "-ELBO" = recon only
+    found = failures("q1", (drop(train), drop(test), noise, nonoise), q1_inputs)
+    assert any("is the KL left out of the -ELBO" in m for m in found), found
+
+
+def test_q1_noise_swapped_is_named(q1_inputs):
+    # after 5 epochs the latent is little used and the decoder's noise carries the spread; once the
+    # latent carries most of it (20 epochs here: variance 1.1 times), a swap is no longer visible
+    train, test, noise, nonoise = student_q1(q1_inputs["train"], q1_inputs["test"], "a", 1, epochs=5)
+    assert failures("q1", (train, test, noise, nonoise), q1_inputs) == []
+    found = failures("q1", (train, test, nonoise, noise), q1_inputs)
+    assert any("are the two swapped?" in m for m in found), found
+
+
+def test_q1_losses_summed_over_the_batch_are_named(q1_inputs, q1_correct):
+    train, test, noise, nonoise = q1_correct
+    found = failures("q1", (train * 128, test * 128, noise, nonoise), q1_inputs)
+    assert any("summed over a batch instead of averaged" in m for m in found), found
+
+
+def test_memorised_samples_are_named(q1_inputs, q1_correct):
+    train, test, noise, nonoise = q1_correct
+    memorised = q1_inputs["train"][:1000]
+    found = failures("q1", (train, test, memorised, nonoise), q1_inputs)
+    assert any("samples_noise: 1000 of 1000 are copies of training examples" in m for m in found), found
+    assert copied(noise, q1_inputs["train"]) == 0  # a model's samples are not
+
+
+# ----------------------------------------------------------------------------- the image questions
+
+
+def correct_images(question: str, inputs: dict, epochs: int = 2):
+    """What a correct answer returns, shaped by hand (its meaning checks need no training)."""
+    rng = np.random.default_rng(0)
+    size, channels = (28, 1) if question == "q4b" else (32, 3)
+    steps = 4 * epochs
+    neg_elbo = np.linspace(300, 200, steps)
+    kl = np.linspace(5, 20, steps)
+    train = np.stack([neg_elbo, neg_elbo - kl, kl], 1)
+    test = train[[0, *range(3, steps, 4)]]  # at initialisation, then after each epoch
+    if question == "q4b":
+        samples = (rng.random((100, size, size, channels)) > 0.5).astype(np.float32)
+    else:
+        samples = rng.uniform(0, 255, (100, size, size, channels))
+    recon = np.stack([inputs["test"][:50].astype(np.float64), samples[:50]], 1).reshape(100, size, size, channels)
+    if question in ("q3", "q4a"):
+        return train[:, 0] / 100, test[:, 0] / 100, train[:, 0] / 300, test[:, 0] / 300, samples, recon
+    if question == "q4b":
+        return train, test, samples, recon
+    return train, test, samples, recon, samples
+
+
+@pytest.mark.parametrize("question", ["q2a", "q3", "q4b"])
+def test_correct_image_answers_pass(question):
+    inputs = QUESTIONS[question].inputs(100)
+    assert failures(question, correct_images(question, inputs), inputs) == []
+
+
+def test_q2_no_reparameterisation_is_named():
+    inputs = QUESTIONS["q2a"].inputs(100)
+    train, test, samples, recon, interp = correct_images("q2a", inputs)
+    # without z = mu + sigma * eps the encoder learns only from the KL, which drives it to 0
+    kl_to_zero = lambda t: np.stack([t[:, 1] + t[:, 2] * 1e-4, t[:, 1], t[:, 2] * 1e-4], 1)  # noqa: E731
+    found = failures("q2a", (kl_to_zero(train), kl_to_zero(test), samples, recon, interp), inputs)
+    assert any("the latent carries nothing" in m and "reparameterisation" in m for m in found), found
+
+
+def test_q2_images_in_the_wrong_range_and_memorised_samples_are_named():
+    inputs = QUESTIONS["q2a"].inputs(100)
+    train, test, samples, recon, interp = correct_images("q2a", inputs)
+    found = failures("q2a", (train, test, samples / 255, recon, interp), inputs)
+    assert any("looks like [0, 1] or [-1, 1]: multiply to 0..255" in m for m in found), found
+    found = failures("q2a", (train, test, inputs["train"][:100].astype(np.float32), recon, interp), inputs)
+    assert any("samples: 100 of 100 are copies of training examples" in m for m in found), found
+
+
+def test_q3_reconstructions_without_their_originals_are_named():
+    inputs = QUESTIONS["q3"].inputs(100)
+    *losses, samples, recon = correct_images("q3", inputs)
+    found = failures("q3", (*losses, samples, np.concatenate([recon[1::2], recon[1::2]])), inputs)
+    assert any("expected pairs (test image, its reconstruction)" in m for m in found), found
+
+
+def test_q4b_probabilities_for_samples_and_an_unused_latent_are_named():
+    inputs = QUESTIONS["q4b"].inputs(100)
+    train, test, samples, recon = correct_images("q4b", inputs)
+    found = failures("q4b", (train, test, samples * 0.8 + 0.1, recon), inputs)
+    assert any("values should be 0 or 1" in m and "probabilities" in m for m in found), found
+    collapsed = test.copy()
+    collapsed[:, 0] -= collapsed[:, 2]
+    collapsed[:, 2] = 0.0
+    collapsed[0, 2] = 0.05  # at initialisation
+    collapsed[0, 0] += 0.05
+    found = failures("q4b", (train, collapsed, samples, recon), inputs)
+    assert any("the latent carries nothing" in m for m in found), found
+
+
+# ----------------------------------------------------------------------------- through the real grader
+
+
+def test_the_fake_answer_of_issue_26_fails(tmp_path):
+    """Made-up falling losses and training points as samples, no training: it passed before."""
+    path = tmp_path / "fake.py"
+    path.write_text(textwrap.dedent("""
+        import numpy as np
+
+        def q1(train_data, test_data, part, dset_id):
+            neg_elbo = np.linspace(6.0, 4.5, 160)
+            train = np.stack([neg_elbo, neg_elbo - 0.5, np.full(160, 0.5)], 1)
+            test = train[[0, *range(15, 160, 16)]]
+            return train, test, train_data[:1000], train_data[1000:2000]
+    """))
+    run = subprocess.run([sys.executable, "-m", "lvm", "grade", str(path), "--timeout", "120"], capture_output=True,
+                         text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "FAIL  samples_noise: 1000 of 1000 are copies of training examples" in run.stdout
+    assert "0 of 1 questions pass" in run.stdout
