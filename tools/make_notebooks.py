@@ -582,14 +582,16 @@ row, left to right) and predicts every conditional at once with a convolutional 
 output at position $i$ must never depend on $x_{\\ge i}$ (`lvm/pixelcnn/`).
 
 **Masked convolutions** (van den Oord et al., 2016). The kernel is multiplied by a mask that
-zeroes the taps on and after the centre: type **A** (first layer) excludes the centre itself,
-type **B** (later layers) includes it, since there the centre holds features of strictly
-earlier pixels.
+zeroes the taps after the centre in raster order: type **A** (first layer) zeroes the centre too,
+type **B** (later layers) keeps it, since there the centre holds features of strictly earlier
+pixels.
 
-**The blind spot.** Stacked masked 3x3 convolutions grow their receptive field up and to the
-left, but never reach the pixels above and to the *right* beyond the first row: a triangle of the
-past that the model cannot see. The **Gated PixelCNN** (van den Oord et al., 2016b) fixes it
-with two stacks: a vertical one that sees every pixel of the rows above, and a horizontal one
+**The blind spot.** Each masked 3x3 layer widens the receptive field by one row up and one column
+to either side, but to the up-right only along the diagonal: $r$ rows above the centre, the stack
+sees at most $r$ columns to the right. The wedge beyond that diagonal, the pixels whose column
+offset to the right exceeds their row offset above, is past the model may not see and cannot,
+however deep (measured below). The **Gated PixelCNN** (van den Oord et al., 2016b) fixes it
+with two stacks: a vertical one that sees the rows above, to both sides, and a horizontal one
 that sees the current row to the left; gated activations $\\tanh(a) \\odot \\sigma(b)$ join them.
 """),
         code(SETUP),
@@ -605,28 +607,44 @@ for kind in "AB":
 ## The blind spot, measured with gradients
 
 Take a small PixelCNN and a small Gated PixelCNN, and compute which input positions the logits
-at the centre of a 9x9 grid depend on (`X`; `o` is the centre; `.` = no dependence). The plain
-stack misses the upper right; the gated one sees every earlier position and nothing after.
+at the centre of an 11x11 grid depend on (`X`; `o` is the centre; `.` = no dependence): a
+nonzero gradient for any of 8 random inputs (one input alone can leave holes where a ReLU is
+off). Then, for each row above the centre, the columns it reaches (offsets from the centre's).
 """),
         code("""
 from lvm.pixelcnn import PixelCNNConfig, build
 
-def receptive_field(model, size=9):
-    e = torch.randn(1, model.embed.embedding_dim, size, size, requires_grad=True)
+def receptive_field(model, size=11, draws=8):  # (size, size) bool: what the centre's logits depend on
     c = size // 2
-    model.stack(e)[0, :, c, c].sum().backward()
-    seen = e.grad[0].abs().sum(0) > 0
-    return "\\n".join(" ".join("o" if (i, j) == (c, c) else "X" if seen[i, j] else "." for j in range(size))
-                     for i in range(size))
+    e = torch.randn(draws, model.embed.embedding_dim, size, size, requires_grad=True)
+    model.stack(e)[:, :, c, c].sum().backward()
+    return e.grad.abs().sum((0, 1)) > 0
+
+def report(seen):
+    size = seen.shape[0]
+    c = size // 2
+    print("\\n".join(" ".join("o" if (i, j) == (c, c) else "X" if seen[i, j] else "." for j in range(size))
+                    for i in range(size)))
+    for r in range(1, c + 1):
+        cols = seen[c - r].nonzero().flatten() - c
+        print(f"{r} row(s) up: " + (f"columns {cols.min():+d} to {cols.max():+d}" if len(cols) else "none"))
 
 torch.manual_seed(0)
 tiny = dict(levels=2, embed_dim=4, channels=8, layers=3, first_kernel=3, head_channels=8)
 plain = build(PixelCNNConfig(**tiny))
 gated = build(PixelCNNConfig(**{**tiny, "layers": 4}, gated=True))
-print("PixelCNN (a 3x3 type-A layer, then 3 blocks of 3x3 type-B):")
-print(receptive_field(plain))
+print("PixelCNN (a 3x3 type-A layer, then 3 blocks with a 3x3 type-B):")
+report(receptive_field(plain))
 print("\\nGated PixelCNN (4 layers of 3x3):")
-print(receptive_field(gated))
+report(receptive_field(gated))
+"""),
+        md("""
+The plain stack reaches 4 rows up and 4 columns left (its four 3x3 layers), but $r$ rows up it
+reaches only $r$ columns to the right: the positions above it and to its right where the column
+offset exceeds the row offset (1 row up, columns +2 to +4; 2 rows up, +3 and +4; 3 rows up, +4)
+are the blind spot, a wedge beside the diagonal. The gated stack sees a plain rectangle of every
+row above (to both sides, as far as its reach) and the current row to the left, and nothing from
+the centre on.
 """),
         md("""
 ## Training on binarised images
@@ -657,19 +675,24 @@ show(plotting.plot_training(hist.train, hist.test, out / "curves.png", f"gated p
                             {"loss": "NLL (nats per pixel)"}))
 """, ignore=True),
         md("""
-Sampling is sequential: 32 x 32 = 1,024 forward passes, each predicting one pixel for all samples
-at once (on a window around the pixel, which is exact: nothing outside it is seen).
+Sampling is sequential, one pixel at a time in raster order, at the training images' size: H x W
+steps, each predicting one pixel for all samples at once. Each step computes only what that pixel
+can see (the gated model: the vertical stack once per row, then the horizontal stack along the
+row so far), which gives exactly the logits of a pass over the whole image.
 """),
         code("""
 model.eval()
-samples = model.sample(25, (32, 32))                            # (25, 32, 32) tokens 0/1
+H, W = train.shape[-2:]
+print(f"{H} x {W} = {H * W} sampling steps")
+samples = model.sample(25, (H, W))                              # (25, H, W) tokens 0/1
 show(plotting.save_image_grid(samples[:, None].float(), out / "samples.png", "25 samples", nrow=5),
      plotting.save_image_grid(train[:25].float(), out / "data.png", "25 training images", nrow=5))
 """, ignore=True),
         md("""
 After two short epochs of a small model the samples are white patches on a black background: the
-data's local texture, not yet its garments. A PixelCNN over 1,024 pixels needs far more training;
-`lvm run pixelcnn -o gated=true` trains the course's 15 layers of 128 channels.
+data's local texture, not yet its garments. A PixelCNN over a whole image needs far more training;
+`lvm run pixelcnn -o gated=true` trains a Gated PixelCNN of the course's Q4a size (15 layers of
+128 channels) for 10 epochs on binarised Fashion-MNIST.
 """),
     ]
 
