@@ -439,13 +439,15 @@ $z_e$, and each vector is replaced by its nearest **codebook** entry,
 
 $$z_q = e_k,\\qquad k = \\arg\\min_j \\|z_e - e_j\\|^2 .$$
 
-**The loss** (images on $[-1, 1]$):
+**The loss** (images on $[-1, 1]$), every term a mean over its elements:
 
-$$\\mathcal L = \\underbrace{\\tfrac{1}{n}\\|x - \\mathrm{dec}(z_q)\\|^2}_{\\text{reconstruction}}
- + \\underbrace{\\|\\mathrm{sg}(z_e) - e_k\\|^2}_{\\text{codebook}}
- + \\beta\\,\\underbrace{\\|z_e - \\mathrm{sg}(e_k)\\|^2}_{\\text{commitment}},$$
+$$\\mathcal L = \\underbrace{\\tfrac{1}{n_x}\\|x - \\mathrm{dec}(z_q)\\|^2}_{\\text{reconstruction}}
+ + \\underbrace{\\tfrac{1}{n_z}\\|\\mathrm{sg}(z_e) - z_q\\|^2}_{\\text{codebook}}
+ + \\beta\\,\\underbrace{\\tfrac{1}{n_z}\\|z_e - \\mathrm{sg}(z_q)\\|^2}_{\\text{commitment}},$$
 
-where sg stops gradients: the codebook term moves codes towards the encoder's outputs, the
+where $n_x$ is the number of pixel values in the batch ($B \\cdot C \\cdot 32 \\cdot 32$), $n_z$ the
+number of latent entries ($B \\cdot D \\cdot 8 \\cdot 8$), and sg stops gradients (each term is one
+`F.mse_loss` in `lvm/vqvae`). The codebook term moves codes towards the encoder's outputs, the
 commitment term keeps the encoder from drifting away from its codes ($\\beta = 1$ in the course).
 
 **The straight-through estimator.** $\\arg\\min$ has no gradient. The forward pass uses $z_q$; the
@@ -484,8 +486,11 @@ print("gradient reaching z (straight through):", z.grad.flatten().tolist())
 ## The VQ-VAE
 
 The course's model has K = 128 codes of D = 256 and 256-wide layers; for a CPU notebook we shrink
-the widths through the config (same architecture). The default quantiser of this repository uses
-EMA codebook updates and restarts dead codes (see `VQVAEConfig`); the course's plain quantiser is
+the codebook (K = 64 codes of D = 64) and the layers (64 wide) through the config, same
+architecture. The default quantiser of this repository uses EMA codebook updates and restarts dead
+codes (see `VQVAEConfig`): codes then move as running means of the encoder outputs assigned to
+them, and the codebook term, which has no gradient left to give, is kept only so that the loss is
+the same number as the course's. The course's plain quantiser is
 `ema_decay=None, restart_dead=False`.
 """),
         code("""
@@ -512,13 +517,28 @@ show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.rec
                                    out / "vq_recon.png", "test images (left) and reconstructions"))
 """, ignore=True),
         md("""
-Each image is now 64 integers. The code maps below colour every position of the 8x8 grid by its
-code: similar regions (the background, the inside of a garment or a shape) share codes.
+Each image is now 64 integers, one per 4x4 patch. The code maps below colour every position of
+the 8x8 grid by its code. Then a count: the patches of one plain colour (on Fashion-MNIST, the
+black background), how many codes they take, and how often a plain patch takes the code most
+common at its grid position.
 """),
         code("""
 show(plotting.save_code_maps(x.float() / 255, test_codes[:20], cfg.num_codes, out / "codes.png",
                              "test images and their 8x8 code maps"))
+patches = data.test.unfold(2, 4, 4).unfold(3, 4, 4)                  # (N, C, 8, 8, 4, 4): each code's patch
+plain = patches.amax((1, 4, 5)) == patches.amin((1, 4, 5))           # (N, 8, 8): one colour throughout
+n_plain = plain.sum().item()
+at_mode = sum(torch.bincount(test_codes[:, i, j][plain[:, i, j]]).max().item()
+              for i in range(8) for j in range(8) if plain[:, i, j].any())
+print(f"plain patches: {n_plain} of {plain.numel()}, taking {test_codes[plain].unique().numel()} distinct codes; "
+      f"{at_mode / n_plain:.0%} of them take the code most common at their grid position")
 """, ignore=True),
+        md("""
+So plain background is not one code: it takes several, and which one depends mostly on where the
+patch lies. The encoder sees past its patch, up to the image's border, and its zero padding
+differs from black (-1 on $[-1, 1]$), so a background code can also say where the patch lies. The
+prior has to learn that layout along with the objects.
+"""),
         md("""
 ## Three priors over the codes: PixelCNN, Gated PixelCNN, transformer
 
@@ -526,14 +546,15 @@ All three model the 8x8 grid in raster order with a categorical over the K codes
 and all three are trained with the same loss, cross-entropy in nats per code (a uniform guess
 costs $\\log K$). They differ in how position $i$ sees the codes before it:
 
-- **PixelCNN** (the course's Q3): masked convolutions; its receptive field grows a few cells per
-  layer and has a blind spot (notebook 5).
+- **PixelCNN** (the course's Q3): masked convolutions; its receptive field grows by one cell each
+  way per 3x3 layer and has a blind spot (notebook 5).
 - **Gated PixelCNN** (Q4a): a vertical and a horizontal stack, no blind spot, but still a local
   window per layer.
 - **Transformer** (`lvm/vqvae/transformer.py`; the prior of VQGAN and DALL-E): causal
   self-attention, so every position sees *every* earlier code in one layer, with learned position
   embeddings to say where a code sits. Sampling keeps a key/value cache: each new code costs one
-  token's pass, where a PixelCNN reruns its network over the grid for every code.
+  token's pass, where a PixelCNN reruns its convolutions for every code, on the window of codes
+  that code can see.
   `lvm run vqvae -o prior=transformer` trains it; the committed comparison on the same codes is
   `figures/vqvae/priors-*.json`.
 """),
@@ -566,8 +587,8 @@ The samples decode code grids the prior invented: whole objects on a plain backg
 prior has learned how codes follow each other, a patchwork where it has not (two epochs on 2,000
 images is very little). At these tiny widths and budgets the three NLLs are close; the committed
 comparison at the course's sizes (about 5.6 M parameters for the gated and the transformer prior)
-is in the README. The course's runs: `lvm run vqvae --dataset shapes` (`-o prior=gated` for
-Q4a; `-o prior=transformer` for ours).
+is in the README. The full runs: `lvm run vqvae --dataset shapes` (the course's Q3; `-o
+prior=gated` for Q4a; `-o prior=transformer` for ours).
 """),
     ]
 
