@@ -68,8 +68,9 @@ Both are small MLPs.
 
 $$\\log p(x) \\;\\ge\\; \\mathbb E_{q(z|x)}[\\log p(x|z)] \\;-\\; \\mathrm{KL}(q(z|x)\\,\\|\\,p(z)) \\;=\\; \\mathrm{ELBO}(x),$$
 
-with equality when $q(z|x)$ is the true posterior. We minimise $-\\mathrm{ELBO}$ = reconstruction
-loss + KL loss, averaged over the batch, in nats.
+with equality when $q(z|x)$ is the model's posterior $p_\\theta(z|x)$: the ELBO bounds the
+**model's** log-likelihood. We minimise $-\\mathrm{ELBO}$ = reconstruction loss + KL loss, averaged
+over the batch, in nats.
 
 **Reparameterisation.** To backpropagate through the sample we write
 $z = \\mu_\\phi(x) + \\sigma_\\phi(x) \\odot \\varepsilon$, $\\varepsilon \\sim \\mathcal N(0, I)$: the
@@ -83,9 +84,9 @@ per dimension.
         md("""
 ## The data
 
-The course's datasets: 10,000 training and 2,500 test points drawn from `RandomState(0)`. Part
-**b** is an axis-aligned Gaussian (`gaussians-b1`); part **a** the same draws rotated by 45 degrees
-(`gaussians-a1`), so its two coordinates are correlated.
+The course's datasets: 10,000 training and 2,500 test points, each set drawn from a fresh
+`RandomState(0)`. Part **b** is an axis-aligned Gaussian (`gaussians-b1`); part **a** the same
+draws rotated by 45 degrees (`gaussians-a1`), so its two coordinates are correlated.
 """),
         code("""
 data_a = datasets.load("gaussians-a1")
@@ -95,6 +96,37 @@ print("train", tuple(data_a.train.shape), data_a.train.dtype, " test", tuple(dat
 for part, d in (("a", data_a), ("b", data_b)):
     corr = torch.corrcoef(d.train.T)[0, 1].item()
     print(f"part {part}: std {[round(v, 1) for v in d.train.std(0).tolist()]}, correlation {round(corr, 2) + 0.0}")
+"""),
+        md("""
+**The "test" set is training data.** Both sets start from the same seed, so the 2,500 test points
+are the first 2,500 training points, in each of the course's four Q1 datasets (checked below on
+`q1_sample_data`, the data the homework hands out). Every Q1 "test" number, here and in the
+course, is measured on points the model was trained on: it cannot reveal overfitting.
+"""),
+        code("""
+import numpy as np
+from lvm.homework.helpers import q1_sample_data
+
+for part in "ab":
+    for dset_id in (1, 2):
+        train, test = q1_sample_data(part, dset_id)
+        print(f"part {part}, dataset {dset_id}: np.array_equal(train[:2500], test) =",
+              np.array_equal(train[:2500], test))
+"""),
+        md("""
+**The true density is known.** Part a's is $\\mathcal N\\big((1, 2),\\, R^\\top \\mathrm{diag}(25, 1)\\, R\\big)$,
+$R$ the course's 45-degree rotation. Its NLL on the 2,500 test points (with the standard error of
+that mean), and its entropy, the NLL it gives on average over fresh points:
+"""),
+        code("""
+s = 2 ** 0.5 / 2
+R = torch.tensor([[s, s], [-s, s]], dtype=torch.float64)              # the course's x.dot(R)
+cov = R.T @ torch.diag(torch.tensor([25.0, 1.0], dtype=torch.float64)) @ R
+true_a = torch.distributions.MultivariateNormal(torch.tensor([1.0, 2.0], dtype=torch.float64), cov)
+nll = -true_a.log_prob(data_a.test.double())                          # (2500,)
+true_nll, true_se = nll.mean().item(), (nll.std() / len(nll) ** 0.5).item()
+print(f"true density: NLL on the test points {true_nll:.4f} nats (standard error {true_se:.4f}), "
+      f"entropy {true_a.entropy().item():.4f} nats")
 """),
         md("""
 Part a's coordinates are strongly correlated; part b's are not. A Gaussian decoder with a *diagonal*
@@ -123,6 +155,8 @@ from lvm.vae2d import VAE2d, VAE2dConfig
 
 cfg = VAE2dConfig()
 print(cfg)
+# standardise_with: the networks read (x - mean) / std of the training set, the likelihood stays
+# that of raw x; five epochs then suffice (`lvm run vae2d` reads raw x, standardise=False, 20 epochs)
 model_a = VAE2d(cfg).standardise_with(data_a.train)
 print(model_a.encoder)
 print("parameters:", n_params(model_a))
@@ -139,12 +173,22 @@ train_cfg = TrainConfig(epochs=5, batch_size=128, lr=1e-3, lr_schedule="cosine",
 hist_a = fit(model_a, data_a.train, data_a.test, train_cfg)
 final = {k: v[-1] for k, v in hist_a.test.items()}
 print(f"Final -ELBO: {final['loss']:.4f}, Recon Loss: {final['recon_loss']:.4f}, KL Loss: {final['kl_loss']:.4f}")
+gap = final["loss"] - true_nll
+print(f"-ELBO minus the true density's NLL on the same points: {gap:+.4f} nats ({gap / true_se:+.1f} standard errors)")
 labels = {"loss": "-ELBO", "recon_loss": "reconstruction", "kl_loss": "KL"}
 show(plotting.plot_training(hist_a.train, hist_a.test, out / "a_curves.png", "vae2d on gaussians-a1", labels))
 """, ignore=True),
         md("""
-The true density's test NLL is 4.418 nats; the -ELBO bounds it from above. The KL is well above
-zero: the model **uses** its latent to carry the correlation.
+**What bounds what.** The -ELBO bounds the *model's* NLL $-\\log p_\\theta(x)$ from above, not the
+true density's. The true density is a floor only on average over fresh points: there no model's
+expected NLL, hence no expected -ELBO, can go below its entropy (Gibbs' inequality). On a given
+set of points it is no hard floor: a model's -ELBO can come out a little below the true density's
+NLL on them, the more easily when, as here, they are points the model was trained on. The last
+line above says by how much, in standard errors of the test mean; a -ELBO many standard errors
+below the true density's NLL is not luck but a bug (a KL term left out, or a log-std read as a
+log-variance).
+
+The KL is well above zero: the model **uses** its latent to carry the correlation.
 
 ## Samples, with and without decoder noise
 
@@ -171,15 +215,21 @@ hist_b = fit(model_b, data_b.train, data_b.test, train_cfg)
 final = {k: v[-1] for k, v in hist_b.test.items()}
 print(f"Final -ELBO: {final['loss']:.4f}, Recon Loss: {final['recon_loss']:.4f}, KL Loss: {final['kl_loss']:.4f}")
 model_b.eval()
-show(plotting.save_scatter({"data": data_b.test, "samples with noise": model_b.sample(1000, noise=True)},
+with_noise, means = model_b.sample(1000, noise=True), model_b.sample(1000, noise=False)
+print("std per axis: data", [round(v, 2) for v in data_b.test.std(0).tolist()],
+      " samples with noise", [round(v, 2) for v in with_noise.std(0).tolist()],
+      " decoder means", [round(v, 2) for v in means.std(0).tolist()])
+show(plotting.save_scatter({"data": data_b.test, "samples with noise": with_noise},
                            out / "b_noise.png", "part b: samples with decoder noise"),
-     plotting.save_scatter({"data": data_b.test, "decoder means": model_b.sample(1000, noise=False)},
+     plotting.save_scatter({"data": data_b.test, "decoder means": means},
                            out / "b_nonoise.png", "part b: samples without decoder noise"))
 """, ignore=True),
         md("""
-With noise, part b's samples match the data; without it, they collapse to (nearly) a single point:
-every z decodes to the same mean, because z is unused. `lvm run vae2d --dataset gaussians-b1`
-trains the full 20 epochs and writes the same figures.
+With noise, part b's samples match the data; without it, they shrink to a small cluster around the
+data's mean (the spreads above: the decoder means' is a fraction of the data's): every z decodes
+to nearly the same mean, because z is almost unused. `lvm run vae2d --dataset gaussians-b1`
+trains the course's 20 epochs (on raw inputs) and writes both kinds of samples, each in its own
+figure.
 """),
     ]
 
@@ -389,13 +439,15 @@ $z_e$, and each vector is replaced by its nearest **codebook** entry,
 
 $$z_q = e_k,\\qquad k = \\arg\\min_j \\|z_e - e_j\\|^2 .$$
 
-**The loss** (images on $[-1, 1]$):
+**The loss** (images on $[-1, 1]$), every term a mean over its elements:
 
-$$\\mathcal L = \\underbrace{\\tfrac{1}{n}\\|x - \\mathrm{dec}(z_q)\\|^2}_{\\text{reconstruction}}
- + \\underbrace{\\|\\mathrm{sg}(z_e) - e_k\\|^2}_{\\text{codebook}}
- + \\beta\\,\\underbrace{\\|z_e - \\mathrm{sg}(e_k)\\|^2}_{\\text{commitment}},$$
+$$\\mathcal L = \\underbrace{\\tfrac{1}{n_x}\\|x - \\mathrm{dec}(z_q)\\|^2}_{\\text{reconstruction}}
+ + \\underbrace{\\tfrac{1}{n_z}\\|\\mathrm{sg}(z_e) - z_q\\|^2}_{\\text{codebook}}
+ + \\beta\\,\\underbrace{\\tfrac{1}{n_z}\\|z_e - \\mathrm{sg}(z_q)\\|^2}_{\\text{commitment}},$$
 
-where sg stops gradients: the codebook term moves codes towards the encoder's outputs, the
+where $n_x$ is the number of pixel values in the batch ($B \\cdot C \\cdot 32 \\cdot 32$), $n_z$ the
+number of latent entries ($B \\cdot D \\cdot 8 \\cdot 8$), and sg stops gradients (each term is one
+`F.mse_loss` in `lvm/vqvae`). The codebook term moves codes towards the encoder's outputs, the
 commitment term keeps the encoder from drifting away from its codes ($\\beta = 1$ in the course).
 
 **The straight-through estimator.** $\\arg\\min$ has no gradient. The forward pass uses $z_q$; the
@@ -434,8 +486,11 @@ print("gradient reaching z (straight through):", z.grad.flatten().tolist())
 ## The VQ-VAE
 
 The course's model has K = 128 codes of D = 256 and 256-wide layers; for a CPU notebook we shrink
-the widths through the config (same architecture). The default quantiser of this repository uses
-EMA codebook updates and restarts dead codes (see `VQVAEConfig`); the course's plain quantiser is
+the codebook (K = 64 codes of D = 64) and the layers (64 wide) through the config, same
+architecture. The default quantiser of this repository uses EMA codebook updates and restarts dead
+codes (see `VQVAEConfig`): codes then move as running means of the encoder outputs assigned to
+them, and the codebook term, which has no gradient left to give, is kept only so that the loss is
+the same number as the course's. The course's plain quantiser is
 `ema_decay=None, restart_dead=False`.
 """),
         code("""
@@ -462,13 +517,28 @@ show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.rec
                                    out / "vq_recon.png", "test images (left) and reconstructions"))
 """, ignore=True),
         md("""
-Each image is now 64 integers. The code maps below colour every position of the 8x8 grid by its
-code: similar regions (the background, the inside of a garment or a shape) share codes.
+Each image is now 64 integers, one per 4x4 patch. The code maps below colour every position of
+the 8x8 grid by its code. Then a count: the patches of one plain colour (on Fashion-MNIST, the
+black background), how many codes they take, and how often a plain patch takes the code most
+common at its grid position.
 """),
         code("""
 show(plotting.save_code_maps(x.float() / 255, test_codes[:20], cfg.num_codes, out / "codes.png",
                              "test images and their 8x8 code maps"))
+patches = data.test.unfold(2, 4, 4).unfold(3, 4, 4)                  # (N, C, 8, 8, 4, 4): each code's patch
+plain = patches.amax((1, 4, 5)) == patches.amin((1, 4, 5))           # (N, 8, 8): one colour throughout
+n_plain = plain.sum().item()
+at_mode = sum(torch.bincount(test_codes[:, i, j][plain[:, i, j]]).max().item()
+              for i in range(8) for j in range(8) if plain[:, i, j].any())
+print(f"plain patches: {n_plain} of {plain.numel()}, taking {test_codes[plain].unique().numel()} distinct codes; "
+      f"{at_mode / n_plain:.0%} of them take the code most common at their grid position")
 """, ignore=True),
+        md("""
+So plain background is not one code: it takes several, and which one depends mostly on where the
+patch lies. The encoder sees past its patch, up to the image's border, and its zero padding
+differs from black (-1 on $[-1, 1]$), so a background code can also say where the patch lies. The
+prior has to learn that layout along with the objects.
+"""),
         md("""
 ## Three priors over the codes: PixelCNN, Gated PixelCNN, transformer
 
@@ -476,14 +546,15 @@ All three model the 8x8 grid in raster order with a categorical over the K codes
 and all three are trained with the same loss, cross-entropy in nats per code (a uniform guess
 costs $\\log K$). They differ in how position $i$ sees the codes before it:
 
-- **PixelCNN** (the course's Q3): masked convolutions; its receptive field grows a few cells per
-  layer and has a blind spot (notebook 5).
+- **PixelCNN** (the course's Q3): masked convolutions; its receptive field grows by one cell each
+  way per 3x3 layer and has a blind spot (notebook 5).
 - **Gated PixelCNN** (Q4a): a vertical and a horizontal stack, no blind spot, but still a local
   window per layer.
 - **Transformer** (`lvm/vqvae/transformer.py`; the prior of VQGAN and DALL-E): causal
   self-attention, so every position sees *every* earlier code in one layer, with learned position
   embeddings to say where a code sits. Sampling keeps a key/value cache: each new code costs one
-  token's pass, where a PixelCNN reruns its network over the grid for every code.
+  token's pass, where a PixelCNN reruns its convolutions for every code, on the window of codes
+  that code can see.
   `lvm run vqvae -o prior=transformer` trains it; the committed comparison on the same codes is
   `figures/vqvae/priors-*.json`.
 """),
@@ -516,8 +587,8 @@ The samples decode code grids the prior invented: whole objects on a plain backg
 prior has learned how codes follow each other, a patchwork where it has not (two epochs on 2,000
 images is very little). At these tiny widths and budgets the three NLLs are close; the committed
 comparison at the course's sizes (about 5.6 M parameters for the gated and the transformer prior)
-is in the README. The course's runs: `lvm run vqvae --dataset shapes` (`-o prior=gated` for
-Q4a; `-o prior=transformer` for ours).
+is in the README. The full runs: `lvm run vqvae --dataset shapes` (the course's Q3; `-o
+prior=gated` for Q4a; `-o prior=transformer` for ours).
 """),
     ]
 
@@ -532,14 +603,16 @@ row, left to right) and predicts every conditional at once with a convolutional 
 output at position $i$ must never depend on $x_{\\ge i}$ (`lvm/pixelcnn/`).
 
 **Masked convolutions** (van den Oord et al., 2016). The kernel is multiplied by a mask that
-zeroes the taps on and after the centre: type **A** (first layer) excludes the centre itself,
-type **B** (later layers) includes it, since there the centre holds features of strictly
-earlier pixels.
+zeroes the taps after the centre in raster order: type **A** (first layer) zeroes the centre too,
+type **B** (later layers) keeps it, since there the centre holds features of strictly earlier
+pixels.
 
-**The blind spot.** Stacked masked 3x3 convolutions grow their receptive field up and to the
-left, but never reach the pixels above and to the *right* beyond the first row: a triangle of the
-past that the model cannot see. The **Gated PixelCNN** (van den Oord et al., 2016b) fixes it
-with two stacks: a vertical one that sees every pixel of the rows above, and a horizontal one
+**The blind spot.** Each masked 3x3 layer widens the receptive field by one row up and one column
+to either side, but to the up-right only along the diagonal: $r$ rows above the centre, the stack
+sees at most $r$ columns to the right. The wedge beyond that diagonal, the pixels whose column
+offset to the right exceeds their row offset above, is past the model may not see and cannot,
+however deep (measured below). The **Gated PixelCNN** (van den Oord et al., 2016b) fixes it
+with two stacks: a vertical one that sees the rows above, to both sides, and a horizontal one
 that sees the current row to the left; gated activations $\\tanh(a) \\odot \\sigma(b)$ join them.
 """),
         code(SETUP),
@@ -555,28 +628,44 @@ for kind in "AB":
 ## The blind spot, measured with gradients
 
 Take a small PixelCNN and a small Gated PixelCNN, and compute which input positions the logits
-at the centre of a 9x9 grid depend on (`X`; `o` is the centre; `.` = no dependence). The plain
-stack misses the upper right; the gated one sees every earlier position and nothing after.
+at the centre of an 11x11 grid depend on (`X`; `o` is the centre; `.` = no dependence): a
+nonzero gradient for any of 8 random inputs (one input alone can leave holes where a ReLU is
+off). Then, for each row above the centre, the columns it reaches (offsets from the centre's).
 """),
         code("""
 from lvm.pixelcnn import PixelCNNConfig, build
 
-def receptive_field(model, size=9):
-    e = torch.randn(1, model.embed.embedding_dim, size, size, requires_grad=True)
+def receptive_field(model, size=11, draws=8):  # (size, size) bool: what the centre's logits depend on
     c = size // 2
-    model.stack(e)[0, :, c, c].sum().backward()
-    seen = e.grad[0].abs().sum(0) > 0
-    return "\\n".join(" ".join("o" if (i, j) == (c, c) else "X" if seen[i, j] else "." for j in range(size))
-                     for i in range(size))
+    e = torch.randn(draws, model.embed.embedding_dim, size, size, requires_grad=True)
+    model.stack(e)[:, :, c, c].sum().backward()
+    return e.grad.abs().sum((0, 1)) > 0
+
+def report(seen):
+    size = seen.shape[0]
+    c = size // 2
+    print("\\n".join(" ".join("o" if (i, j) == (c, c) else "X" if seen[i, j] else "." for j in range(size))
+                    for i in range(size)))
+    for r in range(1, c + 1):
+        cols = seen[c - r].nonzero().flatten() - c
+        print(f"{r} row(s) up: " + (f"columns {cols.min():+d} to {cols.max():+d}" if len(cols) else "none"))
 
 torch.manual_seed(0)
 tiny = dict(levels=2, embed_dim=4, channels=8, layers=3, first_kernel=3, head_channels=8)
 plain = build(PixelCNNConfig(**tiny))
 gated = build(PixelCNNConfig(**{**tiny, "layers": 4}, gated=True))
-print("PixelCNN (a 3x3 type-A layer, then 3 blocks of 3x3 type-B):")
-print(receptive_field(plain))
+print("PixelCNN (a 3x3 type-A layer, then 3 blocks with a 3x3 type-B):")
+report(receptive_field(plain))
 print("\\nGated PixelCNN (4 layers of 3x3):")
-print(receptive_field(gated))
+report(receptive_field(gated))
+"""),
+        md("""
+The plain stack reaches 4 rows up and 4 columns left (its four 3x3 layers), but $r$ rows up it
+reaches only $r$ columns to the right: the positions above it and to its right where the column
+offset exceeds the row offset (1 row up, columns +2 to +4; 2 rows up, +3 and +4; 3 rows up, +4)
+are the blind spot, a wedge beside the diagonal. The gated stack sees a plain rectangle of every
+row above (to both sides, as far as its reach) and the current row to the left, and nothing from
+the centre on.
 """),
         md("""
 ## Training on binarised images
@@ -607,19 +696,24 @@ show(plotting.plot_training(hist.train, hist.test, out / "curves.png", f"gated p
                             {"loss": "NLL (nats per pixel)"}))
 """, ignore=True),
         md("""
-Sampling is sequential: 32 x 32 = 1,024 forward passes, each predicting one pixel for all samples
-at once (on a window around the pixel, which is exact: nothing outside it is seen).
+Sampling is sequential, one pixel at a time in raster order, at the training images' size: H x W
+steps, each predicting one pixel for all samples at once. Each step computes only what that pixel
+can see (the gated model: the vertical stack once per row, then the horizontal stack along the
+row so far), which gives exactly the logits of a pass over the whole image.
 """),
         code("""
 model.eval()
-samples = model.sample(25, (32, 32))                            # (25, 32, 32) tokens 0/1
+H, W = train.shape[-2:]
+print(f"{H} x {W} = {H * W} sampling steps")
+samples = model.sample(25, (H, W))                              # (25, H, W) tokens 0/1
 show(plotting.save_image_grid(samples[:, None].float(), out / "samples.png", "25 samples", nrow=5),
      plotting.save_image_grid(train[:25].float(), out / "data.png", "25 training images", nrow=5))
 """, ignore=True),
         md("""
 After two short epochs of a small model the samples are white patches on a black background: the
-data's local texture, not yet its garments. A PixelCNN over 1,024 pixels needs far more training;
-`lvm run pixelcnn -o gated=true` trains the course's 15 layers of 128 channels.
+data's local texture, not yet its garments. A PixelCNN over a whole image needs far more training;
+`lvm run pixelcnn -o gated=true` trains a Gated PixelCNN of the course's Q4a size (15 layers of
+128 channels) for 10 epochs on binarised Fashion-MNIST.
 """),
     ]
 
