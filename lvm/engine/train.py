@@ -299,9 +299,10 @@ def make_step(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, de
 def evaluate(model: nn.Module, data: torch.Tensor, batch_size: int, device: torch.device,
              cfg: TrainConfig | None = None, desc: str = "test") -> dict[str, float]:
     """Every loss term, averaged over all examples of `data`. Under torchrun it is one model's
-    evaluation: every process takes process 0's buffers, evaluates its share of `data`, and the
-    sums are added up over the processes, so every process returns the same numbers. Always in float32, also for a model trained under bf16 autocast: the reported numbers are
-    the model's, not bf16's rounding of them (evaluation is a small part of the time)."""
+    evaluation, and every process must call it: each takes process 0's buffers, evaluates its
+    share of `data`, and the sums are added up over the processes, so every process returns the
+    same numbers. Always in float32, also for a model trained under bf16 autocast: the reported
+    numbers are the model's, not bf16's rounding of them (evaluation is a small part of the time)."""
     _, channels_last = fast_path(cfg or TrainConfig(), device)
     rank, size = world()
     broadcast_buffers(model)  # a no-op in one process
