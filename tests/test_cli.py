@@ -229,6 +229,9 @@ def test_eval_writes_likelihood_and_sample_metrics(tmp_path):
                "--test-limit", "32", "--out", str(out), "--device", "cpu",
                "-o", "enc_widths=[4,4,4,4]", "-o", "dec_widths=[4,4,4,4]", "-o", "latent_dim=2")
     assert r.exit_code == 0, r.output
+    # the run measured its own at the small end-of-run budgets (the classifier is cached, so fd too)
+    e = json.loads((out / "metrics.json").read_text())["eval"]
+    assert e["k"] == 10 and e["test_examples"] == 32 and e["samples"] == 32 and "fd" in e
     r = invoke("eval", "--checkpoint", str(out / "checkpoint.pt"), "-k", "4", "--samples", "40", "--test-limit", "10",
                "--data-dir", str(data), "--device", "cpu")
     assert r.exit_code == 0, r.output
