@@ -8,7 +8,6 @@ forced with LVM_GRADE_SANDBOX=fallback and tested everywhere."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
