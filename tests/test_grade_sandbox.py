@@ -257,6 +257,19 @@ def test_fallback_kills_orphans_and_limits_file_size(tmp_path, monkeypatch):
     assert [p for p in tmp_path.iterdir() if p.name.startswith("lvm-grade-")] == []
 
 
+def test_help_names_the_isolation_in_force(monkeypatch):
+    from click.testing import CliRunner
+
+    from lvm.cli import cli
+
+    monkeypatch.setenv(sandbox.FORCE, "fallback")
+    out = CliRunner().invoke(cli, ["grade", "--help"]).output
+    assert "isolation: FALLBACK only (no working bwrap; install the Debian package bubblewrap)" in " ".join(out.split())
+    monkeypatch.delenv(sandbox.FORCE)
+    out = " ".join(CliRunner().invoke(cli, ["grade", "--help"]).output.split())
+    assert ("isolation: bubblewrap sandbox" in out) == (sandbox.kind() == "bwrap") and "isolation: " in out
+
+
 def npz(path: Path, **arrays) -> Path:
     np.savez_compressed(path, **arrays)
     return path
