@@ -226,6 +226,7 @@ def test_q4b_probabilities_for_samples_and_an_unused_latent_are_named():
 # ----------------------------------------------------------------------------- through the real grader
 
 
+@pytest.mark.slow
 def test_the_fake_answer_of_issue_26_fails(tmp_path):
     """Made-up falling losses and training points as samples, no training: it passed before."""
     path = tmp_path / "fake.py"

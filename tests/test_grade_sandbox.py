@@ -8,7 +8,6 @@ forced with LVM_GRADE_SANDBOX=fallback and tested everywhere."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -256,6 +255,19 @@ def test_fallback_kills_orphans_and_limits_file_size(tmp_path, monkeypatch):
     assert [c.message for c in r.checks] == [f"q1 raised OSError: [Errno 27] File too large ({source}, line 7)"]
     assert processes_tagged(tag) == []
     assert [p for p in tmp_path.iterdir() if p.name.startswith("lvm-grade-")] == []
+
+
+def test_help_names_the_isolation_in_force(monkeypatch):
+    from click.testing import CliRunner
+
+    from lvm.cli import cli
+
+    monkeypatch.setenv(sandbox.FORCE, "fallback")
+    out = CliRunner().invoke(cli, ["grade", "--help"]).output
+    assert "isolation: FALLBACK only (no working bwrap; install the Debian package bubblewrap)" in " ".join(out.split())
+    monkeypatch.delenv(sandbox.FORCE)
+    out = " ".join(CliRunner().invoke(cli, ["grade", "--help"]).output.split())
+    assert ("isolation: bubblewrap sandbox" in out) == (sandbox.kind() == "bwrap") and "isolation: " in out
 
 
 def npz(path: Path, **arrays) -> Path:

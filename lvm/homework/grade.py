@@ -6,16 +6,20 @@
 
 From a notebook only imports, function and class definitions and plain assignments are run (the
 cells that train, plot or call `*_save_results` are skipped), so grading does not redo the
-student's long runs. Each question runs in a child process of its own (`lvm.homework.runner`):
-it loads those definitions and calls the question function on a small slice of data, under a
+student's long runs. Each question runs in a child process of its own (`lvm.homework.runner`),
+inside a sandbox (`lvm.homework.sandbox`: bubblewrap, or a weaker fallback that says so): it
+loads those definitions and calls the question function on a small slice of data, under a
 wall-clock limit that covers loading too; its output is captured and capped. The child hands back
-plain numeric arrays (`np.savez`, read here without pickles), and every check runs here, in the
-parent: the number of values, shapes, value ranges, finite losses that fall, one test row per
-epoch plus one at initialisation (one per epoch without it passes with a note, as the course's
-helper accepts it), images in [0, 255] (0/1 for Q4b), reconstructions that pair real test images.
-The child's exit status and anything its code patches count for nothing.
+plain numeric arrays (`np.savez`), read here as untrusted data (headers checked before any
+data, sizes capped, no pickles), and every check runs here, in the parent: the number of values,
+shapes, value ranges, finite losses that fall, one test row per epoch plus one at initialisation
+(one per epoch without it passes with a note, as the course's helper accepts it), images in
+[0, 255] (0/1 for Q4b), reconstructions that pair real test images; and what the answers mean,
+wherever a truth is known (-ELBO = recon + KL with KL >= 0, Q1's -ELBO not below the data's own
+NLL, samples that are not training examples, Q1's noise spread, a latent that is used). Each
+failure names the likely mistake. The child's exit status and anything its code patches count
+for nothing.
 
-Grading runs the student's code, as any grader must: with the user's rights, on the user's files.
 One PASS/FAIL (or NOTE) line per check; exit status 0 when every question passes, 1 otherwise.
 """
 
@@ -24,11 +28,9 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -598,6 +600,7 @@ def run_question(source: str, question: str, train_size: int, timeout: float) ->
             return result
         _read_child(result, box.outputs, spec, inputs, code)
     finally:
+        box.stop()  # again, should the grader itself be interrupted (Ctrl-C) while the child runs
         box.close()
     return result
 

@@ -169,7 +169,10 @@ class Box:
         return self.proc
 
     def stop(self) -> None:
-        """Kill the child, its process group, and (fallback) every descendant it left behind."""
+        """Kill the child, its process group, and (fallback) every descendant it left behind.
+        Safe to call more than once, or before `start`."""
+        if getattr(self, "proc", None) is None:
+            return
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
