@@ -481,3 +481,73 @@ def test_sigterm_while_drawing_figures_stops_cleanly(tmp_path):
     r = CliRunner().invoke(cli, [*args, "--resume"])  # the folder is free, and the run finishes
     assert r.exit_code == 0, r.output
     assert json.loads((out / "metrics.json").read_text())["resumed"] is True
+
+
+# The property behind findings 2 and 3: any value of any field of any model (from the registry)
+# is either accepted, and trains, or refused in one line before anything is touched.
+SHRINK = {  # tiny widths, so that an accepted value trains in a moment
+    "vae2d": ["hidden=8"],
+    "vae": ["latent_dim=2", "enc_widths=4,4,4,4", "dec_widths=4,4,4,4"],
+    "vlae": ["latent_dim=2", "enc_widths=4,4,4,4", "dec_widths=4,4,4,4", "made_hidden=8"],
+    "vqvae": ["code_dim=4", "width=4", "num_codes=4", "prior_epochs=1"],
+    "pixelcnn": ["channels=4", "embed_dim=4", "head_channels=4", "layers=1"],
+    "pixelvae": ["latent_dim=2", "enc_widths=4,4,4", "map_widths=4,4,4", "channels=4", "n_layers=1"],
+}
+INTS = st.one_of(st.integers(-2, 3), st.sampled_from([10**7, 2**64]))
+
+
+def _values(t) -> st.SearchStrategy[str]:
+    """Text for `-o FIELD=...` of annotation `t`: mostly of its type, in range or not; some not."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    junk = st.sampled_from(["", "x", "1.5", "nan", "-inf", "1e999"])
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(st.just("none"), *(_values(a) for a in args if a is not type(None)))
+    if origin is typing.Literal:
+        return st.one_of(st.sampled_from([str(a) for a in args]), junk)
+    if origin is tuple:
+        return st.one_of(st.lists(INTS.map(str), max_size=5).map(",".join), junk)
+    if t is bool:
+        return st.sampled_from(["true", "false", "maybe"])
+    if t is int:
+        return st.one_of(INTS.map(str), junk)
+    if t is float:
+        return st.one_of(st.sampled_from(["-1", "0", "0.5", "0.99", "1", "2", "1e30"]), junk)
+    return junk
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.data())
+def test_any_value_of_any_field_trains_or_is_refused_before_anything_is_touched(tmp_path_factory, case):
+    from lvm import registry
+    from lvm.engine import config as configs
+
+    finished = tmp_path_factory.getbasetemp() / "property-finished"
+    if not (finished / "metrics.json").exists():
+        assert CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(finished)]).exit_code == 0
+    before = _snapshot(finished)
+
+    model = case.draw(st.sampled_from(registry.names()), label="model")
+    spec = registry.get(model)
+    field = case.draw(st.sampled_from([f for f in configs.fields(spec.config) if f.name not in spec.from_data]),
+                      label="field")
+    value = case.draw(_values(field.type), label="value")
+    shrink = [a for o in SHRINK.get(model, []) for a in ("-o", o)]
+    args = ["run", model, "--dataset", spec.default_dataset, "--train-limit", "16", "--test-limit", "8",
+            "--batch-size", "8", "--epochs", "1", "--device", "cpu", *shrink, "-o", f"{field.name}={value}"]
+    out = tmp_path_factory.mktemp("property") / "run"
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code in (0, 2), (args, r.output, r.exception)
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 3 - r.exit_code, (args, r.output)
+    if r.exit_code == 0:
+        assert json.loads((out / "metrics.json").read_text())["config"]["model"][field.name] is not None
+        return
+    if out.exists():  # accepted, and stopped by training itself (a loss that became NaN): said so
+        assert "loss became" in r.output, (args, r.output)
+        return
+    # refused before anything was touched: also when it would have replaced a finished run
+    again = CliRunner().invoke(cli, [*args, "--out", str(finished), "--overwrite"])
+    _one_line(again)
+    assert again.output == r.output and _snapshot(finished) == before
