@@ -446,36 +446,51 @@ def test_a_file_size_limit_during_a_checkpoint_is_one_line_naming_the_path(tmp_p
     assert not out.exists()  # nothing written, so the folder this run made is gone again
 
 
-SIGTERM_IN_FIGURES = """
+SIGTERM_AT = """
 import dataclasses, os, signal, sys, time
 from lvm import registry
 from lvm.cli import main
-real = registry.get
+from lvm.engine import train
+where = sys.argv.pop(1)
 
-def get(name):
-    spec = real(name)
-    def figures(model, data, out, title):
-        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's SIGTERM, while the samples are drawn
-        time.sleep(30)
-    return dataclasses.replace(spec, figures=figures)
+def term():  # as a scheduler's SIGTERM
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
 
-registry.get = get
+if where == "figures":  # while the final samples are drawn
+    real = registry.get
+    def get(name):
+        def figures(model, data, out, title):
+            term()
+        return dataclasses.replace(real(name), figures=figures)
+    registry.get = get
+else:  # during the last test pass of training
+    real_evaluate, calls = train.evaluate, []
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            term()
+        return real_evaluate(*args, **kwargs)
+    train.evaluate = evaluate
 sys.argv = ["lvm", *sys.argv[1:]]
 main()
 """
 
 
-def test_sigterm_while_drawing_figures_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("where,said", [
+    ("figures", "interrupted while drawing the figures (training had finished); the last good checkpoint is kept in "),
+    ("evaluation", "interrupted after the last epoch (1); saved "),
+])
+def test_sigterm_after_training_stops_cleanly(tmp_path, where, said):
     """Finding 6: SIGTERM after training, during final sampling, was silent: no message, no
     metrics.json, a stale lock."""
     out = tmp_path / "run"
     args = ["run", "vae2d", *TINY2D, "--out", str(out)]
-    r = subprocess.run([sys.executable, "-c", SIGTERM_IN_FIGURES, *args], env=ENV, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", SIGTERM_AT, where, *args], env=ENV, capture_output=True, text=True,
                        timeout=120, cwd=REPO)
     assert r.returncode == 130, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
-    assert lines == [f"interrupted while drawing the figures (training had finished); the last good checkpoint is "
-                     f"kept in {out / 'checkpoint.pt'}", f"resume with: lvm {' '.join(args)} --resume"], r.stderr
+    assert lines == [said + str(out / "checkpoint.pt"), f"resume with: lvm {' '.join(args)} --resume"], r.stderr
     assert not (out / ".lock").exists() and not (out / "metrics.json").exists()
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     r = CliRunner().invoke(cli, [*args, "--resume"])  # the folder is free, and the run finishes
