@@ -226,7 +226,7 @@ def test_out_of_range_settings_are_one_line_and_touch_nothing(tmp_path, model, a
     dataset = {"vae2d": "gaussians-b1", "pixelvae": "fashion-mnist-binary"}.get(model, "shapes")
     out = tmp_path / "sub" / "out"
     r = CliRunner().invoke(cli, ["run", model, "--dataset", dataset, "--train-limit", "8", "--test-limit", "8",
-                                 "--device", "cpu", *args, "--out", str(out)])
+                                 "--device", "cpu", "--epochs", "1", *args, "--out", str(out)])
     _one_line(r, "must be")
     assert not (tmp_path / "sub").exists()
 
