@@ -566,3 +566,30 @@ def test_any_value_of_any_field_trains_or_is_refused_before_anything_is_touched(
     again = CliRunner().invoke(cli, [*args, "--out", str(finished), "--overwrite"])
     _one_line(again)
     assert again.output == r.output and _snapshot(finished) == before
+
+
+def test_config_check_applies_ranges_to_each_item_and_rules_between_fields():
+    from dataclasses import dataclass
+    from typing import Annotated, ClassVar
+
+    from lvm.engine import config as configs
+    from lvm.engine.errors import UserError
+
+    @dataclass
+    class Toy:
+        kernel: Annotated[int, configs.Range(1, 9, odd=True)] = 3
+        widths: Annotated[tuple[int, ...], configs.Range(1, 64)] = (4, 4)
+        rate: Annotated[float | None, configs.Range(0, 1, hi_open=True)] = 0.5
+        RULES: ClassVar = (configs.Rule(lambda c: c.kernel <= 2 * len(c.widths) + 1, "kernel must fit the widths"),)
+
+    configs.check(Toy())
+    configs.check(Toy(rate=None, widths=(1, 64)))
+    for bad, said in [(Toy(kernel=4), "-o kernel=4: must be odd"), (Toy(kernel=11), "must be at most 9"),
+                      (Toy(widths=(4, 0)), "-o widths=4,0: each value must be at least 1"),
+                      (Toy(widths=()), "give at least one value"), (Toy(rate=1.0), "must be below 1"),
+                      (Toy(rate=float("nan")), "must be a finite number"),
+                      (Toy(kernel=9, widths=(4,)), "Toy: kernel must fit the widths")]:
+        with pytest.raises(UserError, match=said):
+            configs.check(bad)
+    assert [f.type_name() for f in configs.fields(Toy)] == ["int odd in [1, 9]", "tuple of int [1, 64]",
+                                                           "float or none [0, 1)"]
