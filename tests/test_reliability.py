@@ -226,7 +226,7 @@ def test_out_of_range_settings_are_one_line_and_touch_nothing(tmp_path, model, a
     dataset = {"vae2d": "gaussians-b1", "pixelvae": "fashion-mnist-binary"}.get(model, "shapes")
     out = tmp_path / "sub" / "out"
     r = CliRunner().invoke(cli, ["run", model, "--dataset", dataset, "--train-limit", "8", "--test-limit", "8",
-                                 "--device", "cpu", *args, "--out", str(out)])
+                                 "--device", "cpu", "--epochs", "1", *args, "--out", str(out)])
     _one_line(r, "must be")
     assert not (tmp_path / "sub").exists()
 
@@ -446,38 +446,150 @@ def test_a_file_size_limit_during_a_checkpoint_is_one_line_naming_the_path(tmp_p
     assert not out.exists()  # nothing written, so the folder this run made is gone again
 
 
-SIGTERM_IN_FIGURES = """
+SIGTERM_AT = """
 import dataclasses, os, signal, sys, time
 from lvm import registry
 from lvm.cli import main
-real = registry.get
+from lvm.engine import train
+where = sys.argv.pop(1)
 
-def get(name):
-    spec = real(name)
-    def figures(model, data, out, title):
-        os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler's SIGTERM, while the samples are drawn
-        time.sleep(30)
-    return dataclasses.replace(spec, figures=figures)
+def term():  # as a scheduler's SIGTERM
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.5)
 
-registry.get = get
+if where == "figures":  # while the final samples are drawn
+    real = registry.get
+    def get(name):
+        def figures(model, data, out, title):
+            term()
+        return dataclasses.replace(real(name), figures=figures)
+    registry.get = get
+else:  # during the last test pass of training
+    real_evaluate, calls = train.evaluate, []
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            term()
+        return real_evaluate(*args, **kwargs)
+    train.evaluate = evaluate
 sys.argv = ["lvm", *sys.argv[1:]]
 main()
 """
 
 
-def test_sigterm_while_drawing_figures_stops_cleanly(tmp_path):
+@pytest.mark.parametrize("where,said", [
+    ("figures", "interrupted while drawing the figures (training had finished); the last good checkpoint is kept in "),
+    ("evaluation", "interrupted after the last epoch (1); saved "),
+])
+def test_sigterm_after_training_stops_cleanly(tmp_path, where, said):
     """Finding 6: SIGTERM after training, during final sampling, was silent: no message, no
     metrics.json, a stale lock."""
     out = tmp_path / "run"
     args = ["run", "vae2d", *TINY2D, "--out", str(out)]
-    r = subprocess.run([sys.executable, "-c", SIGTERM_IN_FIGURES, *args], env=ENV, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", SIGTERM_AT, where, *args], env=ENV, capture_output=True, text=True,
                        timeout=120, cwd=REPO)
     assert r.returncode == 130, (r.returncode, r.stderr)
     lines = r.stderr.strip().splitlines()
-    assert lines == [f"interrupted while drawing the figures (training had finished); the last good checkpoint is "
-                     f"kept in {out / 'checkpoint.pt'}", f"resume with: lvm {' '.join(args)} --resume"], r.stderr
+    assert lines == [said + str(out / "checkpoint.pt"), f"resume with: lvm {' '.join(args)} --resume"], r.stderr
     assert not (out / ".lock").exists() and not (out / "metrics.json").exists()
     assert load_checkpoint(out / "checkpoint.pt")["epoch"] == 1
     r = CliRunner().invoke(cli, [*args, "--resume"])  # the folder is free, and the run finishes
     assert r.exit_code == 0, r.output
     assert json.loads((out / "metrics.json").read_text())["resumed"] is True
+
+
+# The property behind findings 2 and 3: any value of any field of any model (from the registry)
+# is either accepted, and trains, or refused in one line before anything is touched.
+SHRINK = {  # tiny widths, so that an accepted value trains in a moment
+    "vae2d": ["hidden=8"],
+    "vae": ["latent_dim=2", "enc_widths=4,4,4,4", "dec_widths=4,4,4,4"],
+    "vlae": ["latent_dim=2", "enc_widths=4,4,4,4", "dec_widths=4,4,4,4", "made_hidden=8"],
+    "vqvae": ["code_dim=4", "width=4", "num_codes=4", "prior_epochs=1"],
+    "pixelcnn": ["channels=4", "embed_dim=4", "head_channels=4", "layers=1"],
+    "pixelvae": ["latent_dim=2", "enc_widths=4,4,4", "map_widths=4,4,4", "channels=4", "n_layers=1"],
+}
+INTS = st.one_of(st.integers(-2, 3), st.sampled_from([10**7, 2**64]))
+
+
+def _values(t) -> st.SearchStrategy[str]:
+    """Text for `-o FIELD=...` of annotation `t`: mostly of its type, in range or not; some not."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    junk = st.sampled_from(["", "x", "1.5", "nan", "-inf", "1e999"])
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(st.just("none"), *(_values(a) for a in args if a is not type(None)))
+    if origin is typing.Literal:
+        return st.one_of(st.sampled_from([str(a) for a in args]), junk)
+    if origin is tuple:
+        return st.one_of(st.lists(INTS.map(str), max_size=5).map(",".join), junk)
+    if t is bool:
+        return st.sampled_from(["true", "false", "maybe"])
+    if t is int:
+        return st.one_of(INTS.map(str), junk)
+    if t is float:
+        return st.one_of(st.sampled_from(["-1", "0", "0.5", "0.99", "1", "2", "1e30"]), junk)
+    return junk
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(case=st.data())
+def test_any_value_of_any_field_trains_or_is_refused_before_anything_is_touched(tmp_path_factory, case):
+    from lvm import registry
+    from lvm.engine import config as configs
+
+    finished = tmp_path_factory.getbasetemp() / "property-finished"
+    if not (finished / "metrics.json").exists():
+        assert CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(finished)]).exit_code == 0
+    before = _snapshot(finished)
+
+    model = case.draw(st.sampled_from(registry.names()), label="model")
+    spec = registry.get(model)
+    field = case.draw(st.sampled_from([f for f in configs.fields(spec.config) if f.name not in spec.from_data]),
+                      label="field")
+    value = case.draw(_values(field.type), label="value")
+    shrink = [a for o in SHRINK.get(model, []) for a in ("-o", o)]
+    args = ["run", model, "--dataset", spec.default_dataset, "--train-limit", "16", "--test-limit", "8",
+            "--batch-size", "8", "--epochs", "1", "--device", "cpu", *shrink, "-o", f"{field.name}={value}"]
+    out = tmp_path_factory.mktemp("property") / "run"
+    r = CliRunner().invoke(cli, [*args, "--out", str(out)])
+    assert r.exit_code in (0, 2), (args, r.output, r.exception)
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 3 - r.exit_code, (args, r.output)
+    if r.exit_code == 0:
+        assert json.loads((out / "metrics.json").read_text())["config"]["model"][field.name] is not None
+        return
+    if out.exists():  # accepted, and stopped by training itself (a loss that became NaN): said so
+        assert "loss became" in r.output, (args, r.output)
+        return
+    # refused before anything was touched: also when it would have replaced a finished run
+    again = CliRunner().invoke(cli, [*args, "--out", str(finished), "--overwrite"])
+    _one_line(again)
+    assert again.output == r.output and _snapshot(finished) == before
+
+
+def test_config_check_applies_ranges_to_each_item_and_rules_between_fields():
+    from dataclasses import dataclass
+    from typing import Annotated, ClassVar
+
+    from lvm.engine import config as configs
+    from lvm.engine.errors import UserError
+
+    @dataclass
+    class Toy:
+        kernel: Annotated[int, configs.Range(1, 9, odd=True)] = 3
+        widths: Annotated[tuple[int, ...], configs.Range(1, 64)] = (4, 4)
+        rate: Annotated[float | None, configs.Range(0, 1, hi_open=True)] = 0.5
+        RULES: ClassVar = (configs.Rule(lambda c: c.kernel <= 2 * len(c.widths) + 1, "kernel must fit the widths"),)
+
+    configs.check(Toy())
+    configs.check(Toy(rate=None, widths=(1, 64)))
+    for bad, said in [(Toy(kernel=4), "-o kernel=4: must be odd"), (Toy(kernel=11), "must be at most 9"),
+                      (Toy(widths=(4, 0)), "-o widths=4,0: each value must be at least 1"),
+                      (Toy(widths=()), "give at least one value"), (Toy(rate=1.0), "must be below 1"),
+                      (Toy(rate=float("nan")), "must be a finite number"),
+                      (Toy(kernel=9, widths=(4,)), "Toy: kernel must fit the widths")]:
+        with pytest.raises(UserError, match=said):
+            configs.check(bad)
+    assert [f.type_name() for f in configs.fields(Toy)] == ["int odd in [1, 9]", "tuple of int [1, 64]",
+                                                           "float or none [0, 1)"]

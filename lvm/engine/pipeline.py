@@ -5,7 +5,10 @@ its checkpoint in one call (`load_model`), and `lvm sample` / `lvm reconstruct` 
 
 A run folder belongs to one run. Running again into a folder that holds a run is refused unless
 `--resume` (continue it) or `--overwrite` (start it again) says which; two processes never write
-into one folder at once (a lock file names the holder).
+into one folder at once (`lvm.engine.files.claim`). Every setting is checked before the folder is
+touched: the config's ranges, every stage's budget, and a resume's model, stages and settings
+against the folder's; only then does `--overwrite` delete. Every file is written whole
+(`lvm.engine.files`), and Ctrl-C or SIGTERM at any step ends in one line saying what is kept.
 """
 
 from __future__ import annotations
@@ -13,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import os
 import platform
 import shutil
 import signal

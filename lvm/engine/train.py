@@ -549,6 +549,9 @@ def fit(
                 progress.epoch({"loss": sum(losses) / max(1, len(losses))}, row, time.perf_counter() - started)
                 epoch, step = epoch + 1, 0
                 save(epoch, 0)
+            if size == 1 and stop_flag["signal"]:  # it came during the last test pass: the state is saved whole
+                raise Interrupted(f"interrupted after the last epoch ({epoch})"
+                                  + (f"; saved {checkpoint.where}" if checkpoint is not None else ""))
         finally:
             progress.close()
             torch.set_num_threads(threads)
