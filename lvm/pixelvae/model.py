@@ -19,10 +19,11 @@ Why a strong decoder can ignore z (posterior collapse), and the course's remedy:
 model p(x) well on its own, so at the start of training the KL term pushes q(z|x) onto the prior
 faster than the decoder learns to use z, and once z is noise the decoder learns to ignore it.
 Free bits (Kingma et al. 2016, "Improving Variational Inference with Inverse Autoregressive
-Flow") stop charging for the first `free_bits` nats: the loss uses max(KL(x), free_bits). The
+Flow") stop charging for the first lambda nats of KL: they split the latents into groups z_j and
+use sum_j max(lambda, E_minibatch KL(q(z_j|x) || p(z_j))), the KL averaged over the minibatch. The
 course's solution (rll/deepul, homeworks/solutions/hw3_solutions.ipynb, `PixelVAE`,
-`free_bits=10`) clamps the *total* KL of each image (summed over the 16 dimensions) at 10 nats,
-then averages over the batch; that is what is done here. Below the floor the KL's gradient is
+`free_bits=10`) makes its own choice: one group, and the floor on each image's *total* KL
+(summed over the 16 dimensions), max(KL(x), 10), then the batch mean; that is what is done here. Below the floor the KL's gradient is
 zero, so nothing pushes z towards the prior until it carries 10 nats.
 
 Losses are in nats per image: recon_loss = -log p(x|z) summed over pixels (binary cross-entropy
