@@ -28,6 +28,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -578,11 +579,15 @@ def run_question(source: str, question: str, train_size: int, timeout: float) ->
     box = sandbox.Box(prefix=f"lvm-grade-{question}-")
     try:
         np.savez(box.inputs / "inputs.npz", train=inputs["train"], test=inputs["test"])
-        job = {"source": source if student is None else str(student), "function": spec.function, "args": inputs["args"]}
+        job = {"source": source, "function": spec.function, "args": inputs["args"]}
+        if student is not None:  # a copy the child can read (as nobody, in a box), named as the student named it
+            copy = box.inputs / ("solution" + student.suffix)
+            shutil.copyfile(student, copy)
+            job.update(source=box.inside(copy), shown=str(student))
         (box.inputs / "job.json").write_text(json.dumps(job))
         lvm_root = str(Path(lvm.__file__).resolve().parent.parent)  # the child imports this very lvm
         proc = box.start([sys.executable, "-m", "lvm.homework.runner", box.inside(box.inputs), box.inside(box.outputs)],
-                         student, timeout, lvm_root)
+                         timeout, lvm_root)
         tail = _Tail(proc.stdout)
         tail.start()
         try:

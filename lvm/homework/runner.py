@@ -40,7 +40,7 @@ def _as_array(value: Any) -> np.ndarray:
     return a
 
 
-def _student_functions(source: str, function: str) -> tuple[Any, list[str], str]:
+def _student_functions(source: str, function: str, shown: str | None = None) -> tuple[Any, list[str], str]:
     """The question function, the notes on cells that failed to run, and the file (for tracebacks)."""
     if source == "reference":
         from lvm.homework import solutions
@@ -53,6 +53,9 @@ def _student_functions(source: str, function: str) -> tuple[Any, list[str], str]
     path = Path(source)
     namespace: dict[str, Any] = {"__name__": "homework_solution"}
     modules, _ = definitions(read_sources(path))  # cells that do not parse: the parent has said so
+    if shown:  # the grader's copy of the file, named as the student named it
+        modules = [(shown + where[len(source):] if where.startswith(source) else where, m) for where, m in modules]
+        path = Path(shown)
     notes: list[str] = []
     for where, module in modules:
         try:
@@ -66,7 +69,7 @@ def run(job_dir: Path, out_dir: Path) -> dict:
     job = json.loads((job_dir / "job.json").read_text())
     function = job["function"]
     try:
-        fn, notes, source = _student_functions(job["source"], function)
+        fn, notes, source = _student_functions(job["source"], function, job.get("shown"))
     except SystemExit as e:
         return {"status": "failed", "message": f"the file called sys.exit({e.code}) while it was loaded"}
     except BaseException as e:  # noqa: BLE001 - an unreadable file, or student code raising BaseException

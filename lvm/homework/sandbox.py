@@ -4,7 +4,8 @@ With bubblewrap (`bwrap`, Debian package `bubblewrap`), the child runs in new PI
 UTS, cgroup and network namespaces as an unprivileged user (uid 65534) with no capabilities, in a
 session of its own, and dies with the grader (`--die-with-parent`). It sees the system and the
 Python environment read-only; a private tmpfs on /tmp is its one writable place, with the job's
-inputs (read-only) and the folder it writes its two result files to. It cannot see the grader's
+inputs (read-only: the arrays, the job, a copy of the student's file) and the folder it writes
+its two result files to. It cannot see the grader's
 processes (so cannot signal or ptrace it, nor open /proc/<grader>/fd), reach a network, or write
 a file outside its folders; when its process ends, the PID namespace ends with it, and every
 process it started is gone.
@@ -141,17 +142,14 @@ class Box:
         rel = Path(path).relative_to(self.root)
         return f"{INSIDE}/{rel}" if self.kind == "bwrap" else str(path)
 
-    def start(self, argv: list[str], source: Path | None, timeout: float, lvm_root: str) -> subprocess.Popen:
-        """Start `argv` (a Python command line) in the box; `source` is the student's file, shown
-        read-only at its own path (it may be under /tmp, which the box replaces)."""
+    def start(self, argv: list[str], timeout: float, lvm_root: str) -> subprocess.Popen:
+        """Start `argv` (a Python command line) in the box; what it reads goes in `inputs` first."""
         env = _env(lvm_root)
         if self.user is not None:
             for f in self.inputs.iterdir():
                 os.chmod(f, 0o644)
         if self.kind == "bwrap":
             binds = ["--ro-bind", str(self.inputs), f"{INSIDE}/in", "--bind", str(self.outputs), f"{INSIDE}/out"]
-            if source is not None:
-                binds += ["--ro-bind", str(source), str(source)]
             for folder in {lvm_root}:  # the lvm being graded with, should it live under /tmp too
                 binds += ["--ro-bind", folder, folder]
             env["HOME"] = "/tmp"
