@@ -533,7 +533,7 @@ def _values(t) -> st.SearchStrategy[str]:
     return junk
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=st.data())
 def test_any_value_of_any_field_trains_or_is_refused_before_anything_is_touched(tmp_path_factory, case):
     from lvm import registry
@@ -555,7 +555,7 @@ def test_any_value_of_any_field_trains_or_is_refused_before_anything_is_touched(
     out = tmp_path_factory.mktemp("property") / "run"
     r = CliRunner().invoke(cli, [*args, "--out", str(out)])
     assert r.exit_code in (0, 2), (args, r.output, r.exception)
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 3 - r.exit_code, (args, r.output)
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == (2 if r.exit_code == 0 else 1), (args, r.output)
     if r.exit_code == 0:
         assert json.loads((out / "metrics.json").read_text())["config"]["model"][field.name] is not None
         return
