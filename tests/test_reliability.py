@@ -536,7 +536,7 @@ def _values(t) -> st.SearchStrategy[str]:
     return junk
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(case=st.data())
 def test_any_value_of_any_field_trains_or_is_refused_before_anything_is_touched(tmp_path_factory, case):
     from lvm import registry
