@@ -26,7 +26,6 @@ from lvm.engine import config as configs
 from lvm.engine import data as datasets
 from lvm.engine import pipeline
 from lvm.engine.errors import UserError
-from lvm.engine.evaluate import summary as summary_line
 from lvm.engine.spec import ModelSpec
 
 
@@ -161,8 +160,6 @@ def run(
         )
         seconds = time.perf_counter() - t
         echo(f"{pipeline.final_line(specs[row.model], metrics['test'])}  ({seconds:.1f} s, {out}/)")
-        if metrics.get("eval"):  # the nll, bits/dim and fd columns of `lvm report`
-            echo(f"  {summary_line(metrics['eval'])}")
         done.append({
             "model": row.model, "dataset": row.dataset, "out": str(out), "variant": row.variant,
             "reused": {s: str(figures / row.model / row.shares) for s in row.stages} if row.shares else {},

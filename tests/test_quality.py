@@ -114,3 +114,12 @@ def test_as_stored_and_read_images(tmp_path):
         read_images(tmp_path / "bad.npz", "image", (1, 32, 32))
     with pytest.raises(UserError, match="shape"):
         read_images(tmp_path / "s.npz", "image", (3, 32, 32))
+
+
+def test_classifier_trains_under_no_grad():
+    """An evaluation runs under torch.no_grad(); the classifier it trains on first use must still learn."""
+    x, y = make_shapes(64, seed=0, labels=True)
+    with torch.no_grad():
+        model, _ = train_classifier(_nchw(x), torch.from_numpy(y), _nchw(x), torch.from_numpy(y), "image",
+                                    epochs=1, width=4, features=8)
+    assert all(p.grad is not None for p in model.parameters())

@@ -105,7 +105,6 @@ def likelihood(model: nn.Module, x: torch.Tensor, how: Evaluation, k: int | None
             "test_examples": len(x)}
 
 
-@torch.no_grad()
 def sample_metrics(model: nn.Module, data: Data, n: int, data_dir: str | Path | None = None,
                    device: torch.device | str = "cpu", batch: int = 500) -> dict[str, Any]:
     """fd, precision and recall of n samples of a trained image model against the first n test

@@ -117,7 +117,13 @@ def accuracy(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int = 5
 def train_classifier(x: torch.Tensor, y: torch.Tensor, x_test: torch.Tensor, y_test: torch.Tensor, kind: str,
                      epochs: int = 2, width: int = 32, features: int = 64, seed: int = 0) -> tuple[Classifier, float]:
     """A classifier of images x (N, C, H, W) as stored with labels y (N,), trained `epochs` with
-    Adam; returns it and its accuracy on the test images."""
+    Adam; returns it and its accuracy on the test images. Trains also when called under
+    `torch.no_grad()` (as from an evaluation)."""
+    with torch.enable_grad():
+        return _train(x, y, x_test, y_test, kind, epochs, width, features, seed)
+
+
+def _train(x, y, x_test, y_test, kind, epochs, width, features, seed) -> tuple[Classifier, float]:
     torch.manual_seed(seed)
     cfg = ClassifierConfig(channels=x.shape[1], classes=int(max(y.max(), y_test.max())) + 1, kind=kind,
                            width=width, features=features)
