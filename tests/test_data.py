@@ -581,12 +581,13 @@ def test_data_show_into_a_read_only_folder(tmp_path):
 
 
 def test_data_show_refused_by_the_file_system(tmp_path, monkeypatch):
-    """What a read-only folder or a full disk does to the picture, even when the tests run as root."""
-    import matplotlib.figure
+    """What a read-only folder or a full disk does to the picture, even when the tests run as root
+    (pictures are drawn in memory, then written by lvm.engine.files: its write is refused here)."""
+    from lvm.engine import files
 
-    def refuse(self, path, *args, **kwargs):
+    def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", refuse)
+    monkeypatch.setattr(files, "open", refuse, raising=False)
     one_line_error(lvm("data", "show", "gaussians-b1", "--out", tmp_path / "x.png"),
-                   f"cannot write {tmp_path / 'x.png'}: Permission denied")
+                   f"cannot write {tmp_path / 'x.png'}: permission denied")
