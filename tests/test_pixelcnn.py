@@ -20,6 +20,10 @@ TINY = dict(embed_dim=4, channels=8, head_channels=8)
 
 
 def tiny(kind: str, levels: int = 3, depth: int = 2, **kw):
+    # Seeded: at these widths about one random init in twenty has a dead path (a ReLU off for
+    # every input) from some past position, and "it sees something of its past" would then
+    # depend on the tests that ran before (measured over 60 inits of each kind, depth 3).
+    torch.manual_seed(0)
     return build(PixelCNNConfig(levels=levels, gated=kind == "gated", layers=depth, **{**TINY, **kw}))
 
 
