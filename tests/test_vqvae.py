@@ -185,6 +185,10 @@ class StandInPrior(nn.Module):
         logits = self.logits.expand(len(codes), *self.logits.shape)  # (B, K, H, W)
         return {"loss": F.cross_entropy(logits, codes)}
 
+    def log_prob(self, codes: torch.Tensor) -> torch.Tensor:
+        logp = self.logits.log_softmax(0).expand(len(codes), *self.logits.shape)  # (B, K, H, W)
+        return logp.gather(1, codes[:, None]).flatten(1).sum(1)  # (B,)
+
     @torch.no_grad()
     def sample(self, n: int, shape=None, temperature: float = 1.0) -> torch.Tensor:
         probs = (self.logits / temperature).softmax(0).permute(1, 2, 0).reshape(-1, self.levels)  # (H*W, K)
