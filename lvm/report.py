@@ -142,12 +142,12 @@ def _evaluation(m: dict) -> str:
     """The nll, bits/dim and fd cells of a run: `lvm eval`'s numbers (eval.json) or those `lvm run`
     measured at its end; empty where neither measured them."""
     e = m.get("eval")
-    if not isinstance(e, dict) or "nll" not in e:
+    if not isinstance(e, dict) or not {"nll", "bits_per_dim"} <= set(e):  # a partial eval.json: nothing to show
         return " | | "
     how = f"k={e['k']}" if e.get("k") else e.get("likelihood", "")
     nll = f"{_fmt(e['nll'])} ({how})" if how else _fmt(e["nll"])
     fd = ""
-    if "fd" in e:
+    if {"fd", "precision", "recall", "samples", "classifier_accuracy"} <= set(e):
         fd = (f"{e['fd']:.2f}, P {e['precision']:.2f}, R {e['recall']:.2f} "
               f"(N {e['samples']}, classifier {e['classifier_accuracy']:.0%})")
     return f" {nll} | {e['bits_per_dim']:.3f} | {fd} "
