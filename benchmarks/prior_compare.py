@@ -96,7 +96,7 @@ def side_by_side(drawn: dict, path: Path, dataset: str) -> Path:
     import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
-    from lvm.engine.data import from_unit
+    from lvm.blocks.scaling import from_unit
 
     fig, axes = plt.subplots(1, len(drawn), figsize=(6.2 * len(drawn), 6.8))
     for ax, (name, (images, nll, params)) in zip(list(axes) if len(drawn) > 1 else [axes], drawn.items()):

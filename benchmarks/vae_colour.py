@@ -54,7 +54,8 @@ import torch
 
 from lvm.blocks.distributions import gaussian_kl
 from lvm.engine import train
-from lvm.engine.data import from_unit, load, to_unit
+from lvm.blocks.scaling import from_unit, to_unit
+from lvm.engine.data import load
 from lvm.engine.plotting import save_reconstructions
 from lvm.engine.train import TrainConfig, fit
 from lvm.vae.model import VAE, VAEConfig

@@ -7,7 +7,8 @@ layer: the features carry the colour, but at a tiny scale.
     OMP_NUM_THREADS=1 python benchmarks/vae_colour_signal.py 100 > figures/colour/signal-scale.txt
 """
 import sys, time, torch
-from lvm.engine.data import load, to_unit
+from lvm.blocks.scaling import to_unit
+from lvm.engine.data import load
 from lvm.vae.model import VAE, VAEConfig
 torch.manual_seed(0); torch.set_num_threads(1)
 steps = int(sys.argv[1])

@@ -228,6 +228,7 @@ def data():
 @download_option
 def data_show(name, data_dir, out, download):
     """Load dataset NAME, print its sizes, and draw 100 training examples."""
+    from lvm.blocks.scaling import picture
     from lvm.engine import data as datasets
     from lvm.engine.plotting import png_path, save_image_grid, save_scatter
 
@@ -236,7 +237,7 @@ def data_show(name, data_dir, out, download):
     if d.info.kind == "points":
         written = save_scatter({"train": d.train}, out, f"{name}: training data")
     else:
-        written = save_image_grid(datasets.picture(d.train[:100], d.info.kind), out, f"{name}: 100 training examples")
+        written = save_image_grid(picture(d.train[:100], d.info.kind), out, f"{name}: 100 training examples")
     click.echo(f"{name}: {len(d.train)} train, {len(d.test)} test, one example: "
                f"{'x'.join(map(str, d.info.shape))} {str(d.train.dtype).replace('torch.', '')}")
     click.echo(f"wrote {written}")

@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from lvm.cli import cli
-from lvm.engine import data
+from lvm.engine import data, stores
 from lvm.engine.errors import UserError
 
 
@@ -320,7 +320,7 @@ def test_gzip_bomb_is_read_no_further_than_its_header(tmp_path):
     tracemalloc.start()
     try:
         with pytest.raises(UserError, match="more data than the 1,568 bytes its header declares"):
-            data.read_idx(bomb)
+            stores.read_idx(bomb)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -478,8 +478,8 @@ def test_a_probe_that_hangs_counts_as_offline(monkeypatch):
         raise OSError("answered too late")
 
     monkeypatch.setattr(socket, "create_connection", hang)
-    monkeypatch.setattr(data, "PROBE_SECONDS", 0.1)
-    assert data._unreachable("http://ufldl.stanford.edu/x.mat") == "ufldl.stanford.edu:80 did not answer within 0.1 s"
+    monkeypatch.setattr(stores, "PROBE_SECONDS", 0.1)
+    assert stores._unreachable("http://ufldl.stanford.edu/x.mat") == "ufldl.stanford.edu:80 did not answer within 0.1 s"
 
 
 def test_the_probe_asks_the_proxy_when_there_is_one(monkeypatch):
@@ -491,7 +491,7 @@ def test_the_probe_asks_the_proxy_when_there_is_one(monkeypatch):
 
     monkeypatch.setattr(socket, "create_connection", record)
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
-    assert "cannot reach proxy.example:3128" in data._unreachable("https://www.cs.toronto.edu/x.tar.gz")
+    assert "cannot reach proxy.example:3128" in stores._unreachable("https://www.cs.toronto.edu/x.tar.gz")
     assert asked == [("proxy.example", 3128)]
 
 
@@ -511,7 +511,7 @@ def fake_svhn_download(monkeypatch, fail_on=None):
         n = 6 if filename.startswith("train") else 2
         scipy_io.savemat(root / filename, {"X": np.full((32, 32, 3, n), 7, np.uint8)})
 
-    monkeypatch.setattr(data, "_unreachable", lambda url: "")
+    monkeypatch.setattr(stores, "_unreachable", lambda url: "")
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
     return fetched
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import lvm.vqvae
+from lvm.blocks.scaling import to_unit
 from lvm.engine import data as datasets
 from lvm.engine import pipeline as experiment
 from lvm.engine.train import TrainConfig, fit
@@ -70,7 +71,7 @@ def test_straight_through_gradient_reaches_encoder_unchanged():
     x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
     x_hat, _, _ = model(x)
     # Only the reconstruction: the vq loss adds its own (commitment) gradient to z on purpose.
-    F.mse_loss(x_hat, datasets.to_unit(x)).backward()
+    F.mse_loss(x_hat, to_unit(x)).backward()
     assert seen["q"].grad.abs().sum() > 0
     torch.testing.assert_close(seen["z"].grad, seen["q"].grad, atol=0, rtol=0)
 

@@ -32,6 +32,7 @@ import torch
 from IPython.display import Image, display
 
 import lvm
+from lvm.blocks.scaling import from_unit
 from lvm.engine import data as datasets
 from lvm.engine import plotting
 from lvm.engine.train import TrainConfig, fit
@@ -319,12 +320,12 @@ between the posterior means of two test images: a smooth latent space gives a sm
 """),
         code("""
 model.eval()
-show(plotting.save_image_grid(datasets.from_unit(model.sample(100)), out / "samples.png", "100 samples"))
+show(plotting.save_image_grid(from_unit(model.sample(100)), out / "samples.png", "100 samples"))
 x = data.test[:20]                                          # uint8, as stored: what the models take
-show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.reconstruct(x)),
+show(plotting.save_reconstructions(x.float() / 255, from_unit(model.reconstruct(x)),
                                    out / "recon.png", "test images (left) and reconstructions"))
 rows = model.interpolate(data.test[20:25], data.test[25:30], steps=10)   # (5, 10, C, 32, 32) in [-1, 1]
-show(plotting.save_interpolations(datasets.from_unit(rows), out / "interp.png", "interpolations"))
+show(plotting.save_interpolations(from_unit(rows), out / "interp.png", "interpolations"))
 """, ignore=True),
         md("""
 With this tiny budget the reconstructions keep each image's outline and brightness but lose its
@@ -418,12 +419,12 @@ dimension, 16), and decode.
 """),
         code("""
 model.eval()
-show(plotting.save_image_grid(datasets.from_unit(model.sample(100)), out / "samples.png", "100 samples"))
+show(plotting.save_image_grid(from_unit(model.sample(100)), out / "samples.png", "100 samples"))
 x = data.test[:20]                                          # uint8, as stored: what the models take
-show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.reconstruct(x)),
+show(plotting.save_reconstructions(x.float() / 255, from_unit(model.reconstruct(x)),
                                    out / "recon.png", "test images (left) and reconstructions"))
 rows = model.interpolate(data.test[20:25], data.test[25:30], steps=10)   # (5, 10, C, 32, 32) in [-1, 1]
-show(plotting.save_interpolations(datasets.from_unit(rows), out / "interp.png", "interpolations"))
+show(plotting.save_interpolations(from_unit(rows), out / "interp.png", "interpolations"))
 """, ignore=True),
         md("""
 At the course's budget the VLAE reaches a lower -ELBO than the VAE through a smaller KL: in the
@@ -520,7 +521,7 @@ train_codes, test_codes = encode_all(model, data.train), encode_all(model, data.
 usage = codebook_usage(test_codes, cfg.num_codes)
 print(f"codes used on the test set: {usage['codes_used']} of {cfg.num_codes} (perplexity {usage['perplexity']:.1f})")
 x = data.test[:20]
-show(plotting.save_reconstructions(x.float() / 255, datasets.from_unit(model.reconstruct(x)),
+show(plotting.save_reconstructions(x.float() / 255, from_unit(model.reconstruct(x)),
                                    out / "vq_recon.png", "test images (left) and reconstructions"))
 """, ignore=True),
         md("""
@@ -586,7 +587,7 @@ for kind, prior in priors.items():
     codes = prior.sample(50)                                    # (50, 8, 8) code indices
     print(f"{kind}: prior test NLL {h.test['loss'][0]:.4f} -> {h.test['loss'][-1]:.4f} nats per code; "
           f"50 grids sampled in {time.perf_counter() - start:.1f} s")
-    show(plotting.save_image_grid(datasets.from_unit(model.decode_indices(codes)), out / f"{kind}_samples.png",
+    show(plotting.save_image_grid(from_unit(model.decode_indices(codes)), out / f"{kind}_samples.png",
                                   f"VQ-VAE + {kind} prior: 50 samples"))
 """, ignore=True),
         md("""

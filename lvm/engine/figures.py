@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lvm.engine.data import Data, picture
+from lvm.blocks.scaling import picture
+from lvm.engine.data import Data
 from lvm.engine.plotting import save_image_grid, save_interpolations, save_reconstructions
 
 

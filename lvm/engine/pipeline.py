@@ -33,11 +33,12 @@ import torch
 from torch import nn
 
 from lvm import registry
+from lvm.blocks.scaling import picture
 from lvm.engine import config as configs
 from lvm.engine import data as datasets
 from lvm.engine import files
 from lvm.engine.checkpoint import RunFile, load
-from lvm.engine.data import Data, DataInfo, picture
+from lvm.engine.data import Data, DataInfo
 from lvm.engine.errors import Interrupted, UserError
 from lvm.engine.evaluate import at_end_of_run
 from lvm.engine.plotting import png_path, plot_training, save_image_grid, save_reconstructions, save_scatter

@@ -33,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from lvm.engine import data as datasets
+from lvm.engine import stores
 from lvm.engine.errors import UserError
 from lvm.engine.formats import read_idx
 
@@ -53,8 +54,8 @@ def labels(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, n
         return train, test
     store = datasets.source(name).store
     store = getattr(store, "fallback", store)  # the course's pickle holds no labels: its dataset's own files do
-    if isinstance(store, datasets.IdxFiles):
-        root = datasets.data_root(data_dir)
+    if isinstance(store, stores.IdxFiles):
+        root = stores.data_root(data_dir)
         found = []
         for file in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
             paths = [p for d in store.folders(root) for p in (d / file, d / f"{file}.gz") if p.is_file()]
@@ -170,7 +171,7 @@ def classifier(name: str, data_dir: str | Path | None = None, train_limit: int =
 
 
 def classifier_path(name: str, data_dir: str | Path | None = None) -> Path:
-    return datasets.data_root(data_dir) / "classifiers" / f"{name}.pt"
+    return stores.data_root(data_dir) / "classifiers" / f"{name}.pt"
 
 
 def save_classifier(path: Path, model: Classifier, accuracy: float, **record: Any) -> None:

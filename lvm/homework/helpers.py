@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from lvm.engine import data as datasets
+from lvm.engine import stores
 from lvm.engine.errors import UserError
 from lvm.engine.plotting import plot_training, save_image_grid, save_scatter
 
@@ -187,7 +188,7 @@ def course_data(name: str, train_limit: int | None = None, test_limit: int | Non
         if "not found" not in str(e):  # there, but unreadable: say so, never substitute
             raise
     standin = _current_standins()["binary" if binary else "colour"]
-    folder = datasets.default_data_dir()
+    folder = stores.default_data_dir()
     if standin is None:
         raise UserError(
             f"{COURSE_FILES[name]} not found in {folder}: put the course's {COURSE_FILES[name]} there (or point "
@@ -216,7 +217,7 @@ def load_pickled_data(fname: str | Path) -> tuple[np.ndarray, np.ndarray]:
         if name is None:
             raise UserError(f"no such file: {path}")
         return course_data(name)
-    train, test = datasets.read_course_pickle(path)  # the one reader of the course's pickles
+    train, test = stores.read_course_pickle(path)  # the one reader of the course's pickles
     if path.name == "mnist.pkl":
         train, test = (train > 127.5).astype(np.uint8), (test > 127.5).astype(np.uint8)
     return train, test
@@ -225,7 +226,7 @@ def load_pickled_data(fname: str | Path) -> tuple[np.ndarray, np.ndarray]:
 def get_data_dir(hw_number: int = 3) -> str:  # noqa: ARG001 - the course's signature
     """The data folder: `$LVM_DATA_DIR`, else ~/.cache/lvm (the course used a folder inside its
     repository)."""
-    return str(datasets.default_data_dir())
+    return str(stores.default_data_dir())
 
 
 def _image_data(dset_id: int, train_limit: int | None, test_limit: int | None) -> tuple[np.ndarray, np.ndarray]:

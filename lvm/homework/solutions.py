@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lvm.engine.data import from_unit
+from lvm.blocks.scaling import from_unit
 from lvm.homework.helpers import from_hwc, to_hwc
 from lvm.engine.train import History, TrainConfig, fit
 from lvm.vae2d.model import VAE2d, VAE2dConfig

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from lvm.engine.config import Range
-from lvm.engine.data import to_unit
+from lvm.blocks.scaling import to_unit
 from lvm.blocks.distributions import (discretised_gaussian_log_prob, gaussian_kl, gaussian_log_prob, reparameterize,
                                       standard_normal_log_prob)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from lvm.engine import figures
-from lvm.engine.data import Data, DataInfo, picture
+from lvm.blocks.scaling import picture
+from lvm.engine.data import Data, DataInfo
 from lvm.engine.plotting import save_code_maps
 from lvm.engine.spec import Evaluation, ModelSpec, Stage, Term
 from lvm.engine.train import TrainConfig

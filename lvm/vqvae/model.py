@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from lvm.engine.config import Range
 from lvm.blocks.distributions import discretised_gaussian_log_prob
-from lvm.engine.data import to_unit
+from lvm.blocks.scaling import to_unit
 from lvm.pixelcnn.model import PixelCNNConfig, build
 from lvm.vae.model import DECODER_LOG_STD
 from lvm.vqvae.quantizer import RESTART_WINDOW, VectorQuantizer
