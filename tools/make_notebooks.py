@@ -503,6 +503,7 @@ the same number as the course's. The course's plain quantiser is
 """),
         code("""
 from lvm.vqvae import VQVAE, VQVAEConfig, encode_all
+from lvm.vqvae.figures import save_code_maps
 
 cfg = VQVAEConfig(channels=data.info.channels, num_codes=64, code_dim=64, width=64)
 model = VQVAE(cfg)
@@ -531,8 +532,8 @@ black background), how many codes they take, and how often a plain patch takes t
 common at its grid position.
 """),
         code("""
-show(plotting.save_code_maps(x.float() / 255, test_codes[:20], cfg.num_codes, out / "codes.png",
-                             "test images and their 8x8 code maps"))
+show(save_code_maps(x.float() / 255, test_codes[:20], cfg.num_codes, out / "codes.png",
+                    "test images and their 8x8 code maps"))
 patches = data.test.unfold(2, 4, 4).unfold(3, 4, 4)                  # (N, C, 8, 8, 4, 4): each code's patch
 plain = patches.amax((1, 4, 5)) == patches.amin((1, 4, 5))           # (N, 8, 8): one colour throughout
 n_plain = plain.sum().item()

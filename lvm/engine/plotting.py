@@ -119,17 +119,3 @@ def save_scatter(
     if title:
         ax.set_title(title)
     return _save(fig, path)
-
-
-def save_code_maps(images: torch.Tensor, codes: torch.Tensor, num_codes: int, path: str | Path,
-                   title: str = "", nrow: int = 10) -> Path:
-    """Images (N, C, H, W) in [0, 1], each followed by its discrete code map (N, h, w) of
-    indices 0..num_codes-1, coloured by index and enlarged to the image's size."""
-    images = images.detach().float().cpu()
-    if images.shape[1] == 1:
-        images = images.expand(-1, 3, -1, -1)
-    colours = torch.from_numpy(plt.get_cmap("nipy_spectral")(np.linspace(0, 1, num_codes))[:, :3]).float()  # (K, 3)
-    maps = colours[codes.detach().long().cpu()].permute(0, 3, 1, 2)  # (N, 3, h, w)
-    maps = torch.nn.functional.interpolate(maps, size=images.shape[-2:], mode="nearest")  # (N, 3, H, W)
-    pairs = torch.stack([images, maps], dim=1).flatten(0, 1)  # (2N, 3, H, W)
-    return save_image_grid(pairs, path, title or "images (left of each pair) and their code maps", nrow=nrow)

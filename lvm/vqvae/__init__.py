@@ -7,16 +7,10 @@ Samples are code grids drawn from the prior and decoded by the VQ-VAE's decoder.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
-
-from lvm.engine import figures
-from lvm.blocks.scaling import picture
 from lvm.engine.data import Data, DataInfo
-from lvm.engine.plotting import save_code_maps
 from lvm.engine.spec import Evaluation, ModelSpec, Stage, Term
 from lvm.engine.train import TrainConfig
+from lvm.vqvae.figures import draw
 from lvm.vqvae.model import VQVAE, VQVAEConfig, VQVAEWithPrior, encode_all, make_prior
 from lvm.vqvae.quantizer import VectorQuantizer, codebook_usage
 
@@ -29,16 +23,6 @@ def codes_of(stages: list[VQVAE], data: Data) -> Data:
     vqvae = stages[0]
     info = DataInfo(f"{data.info.name} codes", "codes", VQVAE.code_grid)
     return Data(info, encode_all(vqvae, data.train), encode_all(vqvae, data.test))
-
-
-def draw(model: VQVAEWithPrior, data: Data, out: Path, title: str) -> dict[str, float]:
-    """Samples, reconstructions, and test images beside their code maps."""
-    numbers = {**figures.samples(model, data, out, title), **figures.reconstructions(model, data, out, title)}
-    x = data.test[:20]
-    codes = encode_all(model.vqvae, x)  # (20, 8, 8)
-    save_code_maps(picture(x, data.info.kind), codes, model.vqvae.cfg.num_codes, out / "codes.png",
-                   f"{title}: test images and their 8x8 code maps")
-    return numbers
 
 
 def usage(model: VQVAEWithPrior, data: Data) -> dict[str, float]:
