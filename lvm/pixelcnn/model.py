@@ -21,10 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tqdm.auto import tqdm
-
 from lvm.blocks.distributions import sample_categorical
-from lvm.blocks.masked import GatedLayer, MaskedConv2d
+from lvm.blocks.masked import GatedLayer, MaskedConv2d, at_window, gated_reach, masked_reach, raster_fill
 from lvm.engine.config import Range
 
 
@@ -95,28 +93,20 @@ class GridModel(nn.Module):
         was_training = self.training
         self.eval()
         x = torch.zeros(n, H, W, dtype=torch.long, device=self.embed.weight.device)
-        for i in tqdm(range(H), desc="sampling", unit="row", leave=False, disable=None):  # shown on a terminal only
+
+        def row(i: int) -> Callable[[int], torch.Tensor]:
             logits_at = self.row_logits(x, i)
-            for j in range(W):
-                x[:, i, j] = sample_categorical(logits_at(j), temperature)  # (n,)
+            return lambda j: sample_categorical(logits_at(j), temperature)  # (n,)
+
+        raster_fill(x, row)
         self.train(was_training)
         return x  # (n, H, W)
 
     def row_logits(self, x: torch.Tensor, i: int) -> Callable[[int], torch.Tensor]:
         """For sampling row i of x (n, H, W), whose rows < i and columns < j of row i are drawn:
         a function j -> the logits (n, levels) at (i, j). Here, one pass per position on the
-        window the logits at (i, j) can see: rows i-r..i, columns j-r..j+r. Features near the
-        window's edges come out wrong (zero padding where the grid has tokens), but (i, j)
-        depends on none of them, so its logits are exact (tested), at a fraction of the cost
-        of the whole grid."""
-        r = self.reach
-
-        def at(j: int) -> torch.Tensor:
-            top, left = max(0, i - r), max(0, j - r)
-            window = x[:, top : i + 1, left : j + r + 1]  # (n, <= r+1, <= 2r+1)
-            return self.logits(window)[:, :, i - top, j - left]  # (n, levels)
-
-        return at
+        window the logits at (i, j) can see (`at_window`): rows i-r..i, columns j-r..j+r."""
+        return lambda j: at_window(self.logits, x, i, j, self.reach)  # (n, levels)
 
 
 class ResidualBlock(nn.Module):
@@ -140,8 +130,7 @@ class PixelCNN(GridModel):
         super().__init__()
         self.cfg = cfg
         self.levels = cfg.levels
-        # the 7x7 conv looks 3 positions each way, every 3x3 one more
-        self.reach = cfg.first_kernel // 2 + cfg.depth * (cfg.kernel // 2)
+        self.reach = masked_reach(cfg.first_kernel, cfg.kernel, cfg.depth)
         self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
         self.net = nn.Sequential(
             MaskedConv2d("A", cfg.embed_dim, cfg.channels, cfg.first_kernel),
@@ -160,8 +149,7 @@ class GatedPixelCNN(GridModel):
         super().__init__()
         self.cfg = cfg
         self.levels = cfg.levels
-        # each layer widens one of the paths by its kernel's half width; the shift down adds a row
-        self.reach = cfg.first_kernel // 2 + (cfg.depth - 1) * (cfg.kernel // 2) + 1
+        self.reach = gated_reach(cfg.first_kernel, cfg.kernel, cfg.depth)
         self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
         self.layers = nn.ModuleList(
             [GatedLayer(cfg.embed_dim, cfg.channels, cfg.first_kernel, first=True)]

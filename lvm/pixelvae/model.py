@@ -44,10 +44,9 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
-from lvm.blocks.masked import GatedLayer
+from lvm.blocks.masked import GatedLayer, at_window, gated_reach, raster_fill
 from lvm.engine.config import Range
 
 
@@ -127,8 +126,7 @@ class PixelDecoder(nn.Module):
         )
         self.cond = nn.ModuleList([nn.Conv2d(M, 2 * C, 1) for _ in range(cfg.n_layers)])
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 1), nn.ReLU(), nn.Conv2d(C, 1, 1))
-        # how far a logit looks: rows above and columns to either side (as GatedPixelCNN.reach)
-        self.reach = cfg.first_kernel // 2 + (cfg.n_layers - 1) * (cfg.kernel // 2) + 1
+        self.reach = gated_reach(cfg.first_kernel, cfg.kernel, cfg.n_layers)  # rows above, columns either side
 
     def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         v = h = x  # (B, 1, H, W)
@@ -193,26 +191,25 @@ class PixelVAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Draw x ~ p(x|z) for each z (B, L): (B, 1, H, W) of 0/1, pixel by pixel in raster order
         (one pass for the factorised decoder)."""
+        return self._autoregress(z, lambda logit: torch.bernoulli(torch.sigmoid(logit.float())))
+
+    def _autoregress(self, z: torch.Tensor, pick) -> torch.Tensor:
+        """Images (B, 1, H, W) whose every pixel, in raster order, is `pick` of its logit given z
+        and the pixels picked before it (all at once for the factorised decoder)."""
         was_training = self.training
         self.eval()
         _, H, W = self.cfg.shape
         m = self.latent_map(z)  # (B, M, H, W), computed once
         if not self.cfg.autoregressive:
-            x = torch.bernoulli(torch.sigmoid(self.decoder(m).float()))
+            x = pick(self.decoder(m))  # (B, 1, H, W)
             self.train(was_training)
             return x
-        r = self.decoder.reach
         x = torch.zeros(len(z), 1, H, W, device=z.device)
-        for i in tqdm(range(H), desc="sampling", unit="row", leave=False, disable=None):  # shown on a terminal only
-            for j in range(W):
-                # The pass runs on the window the logit at (i, j) can see (rows i-r..i, columns
-                # j-r..j+r), as GridModel.sample does: features near the window's edges come out
-                # wrong, but (i, j) depends on none of them, so its logit is exact (tested).
-                top, left = max(0, i - r), max(0, j - r)
-                rows, cols = slice(top, i + 1), slice(left, j + r + 1)
-                window = 2 * x[:, :, rows, cols] - 1  # (B, 1, <= r+1, <= 2r+1)
-                logit = self.decoder(window, m[:, :, rows, cols])[:, 0, i - top, j - left]  # (B,)
-                x[:, 0, i, j] = torch.bernoulli(torch.sigmoid(logit.float()))
+
+        def logits(window: torch.Tensor, m_window: torch.Tensor) -> torch.Tensor:
+            return self.decoder(2 * window[:, None] - 1, m_window)[:, 0]  # (B, <= r+1, <= 2r+1)
+
+        raster_fill(x[:, 0], lambda i: lambda j: pick(at_window(logits, x[:, 0], i, j, self.decoder.reach, m)))
         self.train(was_training)
         return x  # (B, 1, H, W)
 
