@@ -161,7 +161,7 @@ def main() -> None:
         grids = model.sample(100, shape)  # (100, 8, 8)
         sample_seconds = time.perf_counter() - start
         if vqvae is not None:
-            drawn[spec] = (vqvae.decode_indices(grids), nll[-1] if (nll := history.test["loss"]) else None,
+            drawn[spec] = (vqvae.decode(grids), nll[-1] if (nll := history.test["loss"]) else None,
                            sum(p.numel() for p in model.parameters()))
         nll = history.test["loss"]
         per_epoch = math.ceil(len(train) / cfg.batch_size)

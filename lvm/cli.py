@@ -157,7 +157,7 @@ def run(model, dataset, overrides, epochs, batch_size, lr, seed, device, amp, da
         raise _with_resume_hint(e, ["run", model]) from None
     if not metrics:  # not the main process of a torchrun job
         return
-    click.echo(pipeline.final_line(spec, metrics["test"]))
+    click.echo(pipeline.final_line(spec, metrics["test"], metrics["config"]["model"]))
     click.echo(f"{metrics['seconds']:.0f} s on {metrics['device']}; wrote {metrics['out']}/")
 
 

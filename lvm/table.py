@@ -159,7 +159,7 @@ def run(
             reuse=reuse, epochs=epochs, seed=seed, device=device,
         )
         seconds = time.perf_counter() - t
-        echo(f"{pipeline.final_line(specs[row.model], metrics['test'])}  ({seconds:.1f} s, {out}/)")
+        echo(f"{pipeline.final_line(specs[row.model], metrics['test'], metrics['config']['model'])}  ({seconds:.1f} s, {out}/)")
         done.append({
             "model": row.model, "dataset": row.dataset, "out": str(out), "variant": row.variant,
             "reused": {s: str(figures / row.model / row.shares) for s in row.stages} if row.shares else {},

@@ -144,7 +144,7 @@ def test_encoder_gives_8x8_codes_and_decoder_images(channels):
     codes = model.encode(x)
     assert codes.shape == (5, 8, 8) and codes.dtype == torch.int64
     assert 0 <= codes.min() and codes.max() < 16
-    images = model.decode_indices(codes)
+    images = model.decode(codes)
     assert images.shape == (5, channels, 32, 32) and images.abs().max() <= 1
     terms = model.loss(x)
     assert set(terms) == {"loss", "recon_loss", "vq_loss"}

@@ -588,7 +588,7 @@ for kind, prior in priors.items():
     codes = prior.sample(50)                                    # (50, 8, 8) code indices
     print(f"{kind}: prior test NLL {h.test['loss'][0]:.4f} -> {h.test['loss'][-1]:.4f} nats per code; "
           f"50 grids sampled in {time.perf_counter() - start:.1f} s")
-    show(plotting.save_image_grid(from_unit(model.decode_indices(codes)), out / f"{kind}_samples.png",
+    show(plotting.save_image_grid(from_unit(model.decode(codes)), out / f"{kind}_samples.png",
                                   f"VQ-VAE + {kind} prior: 50 samples"))
 """, ignore=True),
         md("""

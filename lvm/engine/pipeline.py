@@ -180,9 +180,10 @@ def final_numbers(spec: ModelSpec, trained: Trained, data: Data) -> dict[str, fl
     return test
 
 
-def final_line(spec: ModelSpec, test: dict[str, float]) -> str:
-    """The course's way of printing final test numbers: `Final -ELBO: 4.4321, Recon Loss: ...`."""
-    shown = [(t.course, test[t.name]) for t in spec.terms() if t.course and t.name in test]
+def final_line(spec: ModelSpec, test: dict[str, float], config: dict[str, Any] | None = None) -> str:
+    """The course's way of printing final test numbers: `Final -ELBO: 4.4321, Recon Loss: ...`;
+    `config` is the run's model config (metrics.json's), for labels that depend on it."""
+    shown = [(t.course_label(config or {}), test[t.name]) for t in spec.terms() if t.course and t.name in test]
     return "Final " + ", ".join(f"{label}: {value:.4f}" for label, value in shown)
 
 

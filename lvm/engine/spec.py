@@ -26,11 +26,17 @@ class Term:
     label: str  # on the training plot and in the results table
     unit: str = "nats"
     metric: str = ""  # its key in metrics.json's "test" [default: key]
-    course: str = ""  # its name in the course's "Final ..." line; "" = not printed there
+    # its name in the course's "Final ..." line, or a function of the run's model config (a dict,
+    # as metrics.json holds it) that gives the name; "" = not printed there
+    course: str | Callable[[dict[str, Any]], str] = ""
 
     @property
     def name(self) -> str:
         return self.metric or self.key
+
+    def course_label(self, config: dict[str, Any]) -> str:
+        """Its name in the course's "Final ..." line for a run of this model config."""
+        return self.course(config) if callable(self.course) else self.course
 
 
 @dataclass(frozen=True)

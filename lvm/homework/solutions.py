@@ -137,7 +137,7 @@ def _vqvae_with_prior(train_data, test_data, prior: str, budget: str):
     prior_model.eval()
     with torch.no_grad():
         codes = prior_model.sample(100, tuple(test_codes.shape[1:]))  # (100, 8, 8)
-        samples = _to_pixels(model.decode_indices(codes))  # (100, 32, 32, 3)
+        samples = _to_pixels(model.decode(codes))  # (100, 32, 32, 3)
         reconstructions = _pairs(test_data[:50], _to_pixels(model.reconstruct(test[:50])))
     return (np.asarray(vq_history.train["loss"], np.float32), np.asarray(vq_history.test["loss"], np.float32),
             np.asarray(prior_history.train["loss"], np.float32), np.asarray(prior_history.test["loss"], np.float32),

@@ -1,8 +1,10 @@
 """`lvm run vqvae`: the course's Q3 and Q4a, a VQ-VAE and a prior over its codes, in two stages:
 1. the VQ-VAE learns to compress each image to an 8x8 grid of code indices;
-2. a prior (the PixelCNN, or with `-o prior=gated` the Gated PixelCNN) learns the distribution
-   of the training set's code grids, for `prior_epochs` epochs.
-Samples are code grids drawn from the prior and decoded by the VQ-VAE's decoder.
+2. a prior (the PixelCNN; with `-o prior=gated` the Gated PixelCNN; with `-o prior=transformer`
+   a transformer) learns the distribution of the training set's code grids, for `prior_epochs`
+   epochs.
+Samples are code grids drawn from the prior and decoded by the VQ-VAE's decoder. The story of
+the model, both stages and generation is told in `lvm/vqvae/model.py`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from lvm.engine.data import Data, DataInfo
 from lvm.engine.spec import Evaluation, ModelSpec, Stage, Term
 from lvm.engine.train import TrainConfig
 from lvm.vqvae.figures import draw
-from lvm.vqvae.model import VQVAE, VQVAEConfig, VQVAEWithPrior, encode_all, make_prior
+from lvm.vqvae.model import PRIORS, VQVAE, VQVAEConfig, VQVAEWithPrior, encode_all, make_prior
 from lvm.vqvae.quantizer import VectorQuantizer, codebook_usage
 
 __all__ = ["VQVAE", "VQVAEConfig", "VQVAEWithPrior", "VectorQuantizer", "codebook_usage", "encode_all",
@@ -45,8 +47,9 @@ MODEL = ModelSpec(
                  "blow that output up (on shapes, 4.5 against 0.43 on the same batch), and Adam's first "
                  "steps overshoot before the curve settles. Not a bug.")),
         Stage("prior", lambda cfg: make_prior(cfg.prior, cfg.num_codes), (
+            # the course prints "PixelCNN Prior Test NLL"; the gated and transformer priors say their name
             Term("loss", "prior NLL", "nats per code", metric="prior_nll",
-                 course="PixelCNN Prior Test NLL"),
+                 course=lambda config: f"{PRIORS[config.get('prior', 'pixelcnn')]} Prior Test NLL"),
         ), inputs=codes_of, fields=("prior", "prior_epochs"), epochs="prior_epochs"),
     ),
     kinds=("image",),

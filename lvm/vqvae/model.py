@@ -1,15 +1,36 @@
-"""The VQ-VAE of the course's Q3 (van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete
-Representation Learning", 2017).
+"""The VQ-VAE of the course's Q3 and Q4a (van den Oord, Vinyals & Kavukcuoglu, "Neural Discrete
+Representation Learning", 2017), its whole story in one file: the model, its two training stages,
+and how it generates.
 
-A convolutional encoder maps a 32x32 image to an 8x8 map of D-dimensional vectors; each vector
-is replaced by its nearest code of a K-entry codebook (`quantizer.py`); a mirror-image decoder
-maps the codes back to an image. Training minimises
+The model. A convolutional encoder maps a 32x32 image to an 8x8 map of D-dimensional vectors;
+each vector is replaced by its nearest code of a K-entry codebook (`quantizer.py`); a
+mirror-image decoder maps the codes back to an image. Every image is then 64 integers.
+
+Stage 1, the VQ-VAE (`VQVAE.loss`), on images scaled to [-1, 1]:
 
     per-pixel MSE(x, decoder(quantised)) + ||sg(z) - e||^2 + beta ||z - sg(e)||^2
 
-on images scaled to [-1, 1]. The VQ-VAE itself has no prior: generation samples an 8x8 grid of
-code indices from a prior trained afterwards on the codes of the training set (a PixelCNN, course
-Q3, or a Gated PixelCNN, Q4a: `make_prior`) and decodes it (`VQVAEWithPrior.sample`).
+Stage 2, the prior. The VQ-VAE itself has no prior over its codes: a second network learns
+p(c) = prod_i p(c_i | c_<i) over the 8x8 grids of code indices, in raster order, trained on the
+codes of the training set (`encode_all`) with the first stage frozen. Three priors
+(`make_prior`, `-o prior=...`):
+- "pixelcnn": the PixelCNN, course Q3 (`lvm.pixelcnn.model.PixelCNN`, masked convolutions);
+- "gated": the Gated PixelCNN, course Q4a (`lvm.pixelcnn.model.GatedPixelCNN`, no blind spot);
+- "transformer": a decoder-only transformer, as VQGAN uses (`lvm.vqvae.transformer`).
+Both stages are trained by the one trainer (`lvm.engine.train.fit`); `lvm/vqvae/__init__.py`
+declares them (its `MODEL`: stage "vqvae", then stage "prior", whose data `codes_of` makes from
+the trained VQ-VAE), and `lvm run vqvae` trains one after the other.
+
+Generation (`VQVAEWithPrior.sample`): draw a code grid from the prior, one code at a time in
+raster order, each from p(c_i | c_<i) given the codes drawn before it (the PixelCNNs rerun on the
+window a position sees, `GridModel.sample` with `lvm.blocks.masked.raster_fill`; the transformer
+feeds one token at a time through its key/value cache, `TransformerPrior.sample`); then decode
+the whole grid in one pass of the decoder (`VQVAE.decode`).
+
+Likelihood (`VQVAEWithPrior.log_prob`): the paper's bound, log p(c(x)) + log P(x | c(x)).
+
+The model contract (`lvm.engine.spec`): `encode` takes uint8 images as stored and gives code
+indices; `decode` takes code indices and gives images on the [-1, 1] scale, deterministically.
 """
 
 from __future__ import annotations
@@ -106,17 +127,18 @@ class VQVAE(nn.Module):
         return self.vq.nearest(z.permute(0, 2, 3, 1).reshape(-1, D)).view(B, H, W)
 
     @torch.no_grad()
-    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """Code indices (B, 8, 8) -> images (B, C, 32, 32) clamped to [-1, 1]."""
+    def decode(self, indices: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, 8, 8) -> images (B, C, 32, 32) clamped to [-1, 1], in one pass."""
         return self.decoder(self.vq.lookup(indices)).clamp(-1, 1)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> their reconstructions through the codebook, in [-1, 1]."""
-        return self.decode_indices(self.encode(x))
+        return self.decode(self.encode(x))
 
 
-PRIORS = ("pixelcnn", "gated", "transformer")  # the course's Q3 and Q4a priors, and ours (issue 15)
+# the course's Q3 and Q4a priors, and a transformer; each with its name in the course's "Final" line
+PRIORS = {"pixelcnn": "PixelCNN", "gated": "Gated PixelCNN", "transformer": "Transformer"}
 
 
 def make_prior(kind: str, levels: int, **overrides) -> nn.Module:
@@ -139,18 +161,30 @@ def encode_all(model: VQVAE, x: torch.Tensor, batch_size: int = 256) -> torch.Te
 
 
 class VQVAEWithPrior(nn.Module):
-    """Both stages together: what a trained VQ-VAE is to a user (sample, reconstruct)."""
+    """Both stages together: what a trained VQ-VAE is to a user (encode, decode, sample,
+    reconstruct, log_prob)."""
 
     def __init__(self, vqvae: VQVAE, prior: nn.Module):
         super().__init__()
         self.vqvae, self.prior = vqvae, prior
 
     @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (B, C, 32, 32) -> code indices (B, 8, 8)."""
+        return self.vqvae.encode(x)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, 8, 8) -> images (B, C, 32, 32) in [-1, 1]."""
+        return self.vqvae.decode(codes)
+
+    @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
-        """n images (n, C, 32, 32) in [-1, 1]: code grids drawn from the prior (its logits
-        divided by `temperature`; 0 = argmax), decoded."""
-        codes = self.prior.sample(n, temperature=temperature).to(next(self.vqvae.parameters()).device)  # (n, 8, 8)
-        return self.vqvae.decode_indices(codes)
+        """n images (n, C, 32, 32) in [-1, 1], in two steps: n code grids drawn from the prior,
+        code by code in raster order (its logits divided by `temperature`; 0 = argmax), then
+        each grid decoded in one pass."""
+        codes = self.prior.sample(n, temperature=temperature)  # (n, 8, 8): the autoregressive loop
+        return self.decode(codes.to(next(self.vqvae.parameters()).device))  # (n, C, 32, 32)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
