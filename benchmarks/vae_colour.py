@@ -88,8 +88,8 @@ class ScheduledVAE(VAE):
         self.register_buffer("centre", torch.zeros(3) if centre is None else centre)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = x - self.centre[:, None, None]
-        return super().encode(rotate(YCC, x) if self.basis == "ycc" else x)
+        x = to_unit(x) - self.centre[:, None, None]  # uint8 images as stored, as VAE.encode takes them
+        return self.encoder(rotate(YCC, x) if self.basis == "ycc" else x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         out = super().decode(z)  # (B, 3, H, W)
@@ -189,7 +189,7 @@ def colour_errors(true: torch.Tensor, got: torch.Tensor) -> dict[str, float]:
 
 @torch.no_grad()
 def posterior_means(model: VAE, x: torch.Tensor, batch: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    mus, log_stds = zip(*(model.encode(to_unit(x[i : i + batch])) for i in range(0, len(x), batch)))
+    mus, log_stds = zip(*(model.encode(x[i : i + batch]) for i in range(0, len(x), batch)))
     return torch.cat(mus), torch.cat(log_stds)  # (N, L) each
 
 

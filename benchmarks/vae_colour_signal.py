@@ -32,7 +32,7 @@ def report(s):
             h = layer(h)
             if isinstance(layer, torch.nn.ReLU):
                 feats[f"enc{i}"] = h.mean((2, 3)) if h.dim() == 4 else h
-        mu, _ = model.encode(xt)
+        mu, _ = model.encoder(xt)
         feats["mu"] = mu
         g = model.decoder.fc(mu).view(-1, model.decoder.d0, 4, 4)
         feats["dec.fc"] = g.mean((2, 3))
@@ -47,12 +47,12 @@ for s in range(steps + 1):
     if s % 25 == 0:
         report(s)
     x = to_unit(tr[torch.randint(0, len(tr), (128,))])
-    mu, _ = model.encode(x)
+    mu, _ = model.encoder(x)
     loss = (model.decode(mu) - x).pow(2).flatten(1).sum(1).mean()
     opt.zero_grad(); loss.backward(); opt.step()
 # least squares on the last layer: can the final conv's input features make the colour?
 with torch.no_grad():
-    g = model.decoder.fc(model.encode(xt)[0]).view(-1, model.decoder.d0, 4, 4)
+    g = model.decoder.fc(model.encoder(xt)[0]).view(-1, model.decoder.d0, 4, 4)
     for layer in list(model.decoder.net)[:-1]:
         g = layer(g)
     H = g.mean((2, 3))  # (N, 32): uniform images, the centre behaves as the mean
@@ -60,7 +60,7 @@ with torch.no_grad():
     X = torch.cat([H, torch.ones(len(H), 1)], 1).double()
     sol = torch.linalg.lstsq(X, target.double()).solution
     pred = X @ sol
-    cur = model.decode(model.encode(xt)[0]).mean((2, 3))
+    cur = model.decode(model.encoder(xt)[0]).mean((2, 3))
     ch = lambda c: c - c.mean(1, keepdim=True)
     print("chroma error (0..255) now %.2f, with the best last layer %.2f" % ((ch(cur) - ch(target)).abs().mean() * 127.5, (ch(pred) - ch(target.double())).abs().mean() * 127.5))
     print("feature std", H.std(0).mean().item(), "readout weight norm", sol[:-1].norm().item(), "current W norm", model.decoder.net[-1].weight.sum((2,3)).norm().item())

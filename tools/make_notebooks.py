@@ -276,7 +276,7 @@ from lvm.vae import VAE, VAEConfig
 vae = VAE(VAEConfig())                                # ours, for 3-channel images
 print(VAEConfig())
 print("parameters:", n_params(vae), " the course's network (norm='none'):", n_params(VAE(VAEConfig(norm="none"))))
-x = torch.zeros(8, 3, 32, 32)                         # a batch of images in [-1, 1]
+x = torch.zeros(8, 3, 32, 32, dtype=torch.uint8)      # a batch of images as stored (0..255)
 mu, log_std = vae.encode(x)
 z = mu + log_std.exp() * torch.randn_like(mu)         # reparameterisation
 print("q(z|x) mean and log std:", tuple(mu.shape), tuple(log_std.shape), " decoder output:", tuple(vae.decode(z).shape))

@@ -4,6 +4,28 @@ sets its config's fields, `lvm table` makes its rows and variants, `lvm report` 
 
 A model with one stage (most) is one module trained on the data. A model with several stages
 trains each on what the ones before it produced: the VQ-VAE's prior trains on the VQ-VAE's codes.
+
+The model contract: what every model's methods take and give (the trained model a spec's stages
+assemble into), so that the engine, the figures and the course's helpers need no model's name.
+"As stored" is what the data loader yields (`lvm.engine.data`): uint8 images 0..255, 0/1 uint8
+binary images, float32 points; "as output" is what `sample`, `reconstruct`, `interpolate` and
+`decode` return: floats on the [-1, 1] scale for 0..255 images (the decoder's mean; `sample` and
+`reconstruct` clamp it), 0/1 floats for binary images, raw float points. `lvm.blocks.scaling.picture`
+draws either.
+
+    loss(x)              x as stored -> {"loss": ..., and the named terms}, each a scalar
+    sample(n)            n examples as output, drawn
+    encode(x)            x as stored -> the latent: (mu, log_std) of q(z|x), each (B, L), for a
+                         Gaussian latent; code indices (B, h, w) int64 for the VQ-VAE
+    decode(z)            a latent (B, L), or code indices -> (B, *example shape) as output, never
+                         drawn: the mean of p(x|z), or its most likely value (binary images; the
+                         PixelVAE, whose p(x|z) is autoregressive, sets each pixel in raster order
+                         to its more likely value; drawing from p(x|z) is its `draw(z)`)
+    reconstruct(x)       x as stored -> as output, through the latent
+    interpolate(x1, x2)  x as stored -> (B, steps, ...) as output, along the line between latents
+
+`encode`, `decode`, `reconstruct` and `interpolate` exist where the model has a latent (not the
+PixelCNN); the test of this contract is `tests/test_contract.py`.
 """
 
 from __future__ import annotations

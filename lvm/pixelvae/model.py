@@ -136,8 +136,9 @@ class PixelDecoder(nn.Module):
 
 
 class PixelVAE(nn.Module):
-    """`loss` takes binary uint8 images (B, 1, H, W) of 0/1 as stored; `sample`, `reconstruct`,
-    `decode` and `interpolate` return 0/1 images of the same kind (float)."""
+    """`loss` and `encode` take binary uint8 images (B, 1, H, W) of 0/1 as stored; `sample`,
+    `reconstruct`, `decode`, `draw` and `interpolate` return 0/1 images of the same kind (float).
+    `decode` is deterministic (the model contract, `lvm.engine.spec`); `draw` draws."""
 
     def __init__(self, cfg: PixelVAEConfig):
         super().__init__()
@@ -189,6 +190,14 @@ class PixelVAE(nn.Module):
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """The most likely image given each z (B, L), deterministic: (B, 1, H, W) of 0/1, each
+        pixel in raster order set to its more likely value given z and the pixels set before it
+        (a greedy decode: for an autoregressive p(x|z) neither the mean nor the mode of the
+        whole image is tractable). Drawing x ~ p(x|z) is `draw`."""
+        return self._autoregress(z, lambda logit: (logit.float() > 0).float())
+
+    @torch.no_grad()
+    def draw(self, z: torch.Tensor) -> torch.Tensor:
         """Draw x ~ p(x|z) for each z (B, L): (B, 1, H, W) of 0/1, pixel by pixel in raster order
         (one pass for the factorised decoder)."""
         return self._autoregress(z, lambda logit: torch.bernoulli(torch.sigmoid(logit.float())))
@@ -217,14 +226,14 @@ class PixelVAE(nn.Module):
     def sample(self, n: int) -> torch.Tensor:
         """n images (n, 1, H, W) of 0/1: z ~ N(0, I), then x ~ p(x|z) pixel by pixel."""
         z = torch.randn(n, self.cfg.latent_dim, device=next(self.parameters()).device)
-        return self.decode(z)
+        return self.draw(z)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """0/1 images (B, 1, H, W) -> a draw from p(x|z) at the posterior mean z = mu(x), as the
         course's solution does; (B, 1, H, W) of 0/1."""
         mu, _ = self.encode(x)
-        return self.decode(mu)
+        return self.draw(mu)
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
@@ -234,5 +243,5 @@ class PixelVAE(nn.Module):
         mu2, _ = self.encode(x2)
         alpha = torch.linspace(0, 1, steps, device=mu1.device)[None, :, None]  # (1, S, 1)
         z = (1 - alpha) * mu1[:, None] + alpha * mu2[:, None]  # (B, S, L)
-        x = self.decode(z.flatten(0, 1))  # (B * S, 1, H, W)
+        x = self.draw(z.flatten(0, 1))  # (B * S, 1, H, W)
         return x.view(len(x1), steps, *x.shape[1:])

@@ -95,8 +95,8 @@ DECODER_LOG_STD = -0.5 * math.log(2.0)
 
 
 class VAE(nn.Module):
-    """Conv VAE with a N(0, I) prior. `loss` takes raw uint8 images; everything else works on
-    [-1, 1] floats. With BatchNorm (the default), call `model.eval()` before `sample`,
+    """Conv VAE with a N(0, I) prior. It takes uint8 images as stored and returns images as
+    floats on the [-1, 1] scale (the model contract, `lvm.engine.spec`). With BatchNorm (the default), call `model.eval()` before `sample`,
     `reconstruct` and `interpolate`, so that each image uses the running statistics and not
     those of its batch (the trainer and `lvm` do)."""
 
@@ -107,11 +107,11 @@ class VAE(nn.Module):
         self.decoder = Decoder(cfg)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (B, C, 32, 32) in [-1, 1] -> (mu, log_std), each (B, L)."""
-        return self.encoder(x)
+        """uint8 images (B, C, 32, 32), as stored -> (mu, log_std) of q(z|x), each (B, L)."""
+        return self.encoder(to_unit(x))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """z (B, L) -> decoder mean (B, C, 32, 32), not clamped."""
+        """z (B, L) -> the mean of p(x|z), (B, C, 32, 32) on the [-1, 1] scale, not clamped."""
         return self.decoder(z)
 
     def kl(self, mu: torch.Tensor, log_std: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -121,9 +121,9 @@ class VAE(nn.Module):
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """-ELBO = E_q ||x - dec(z)||^2 + KL(q(z|x) || p(z)), averaged over the batch, nats."""
-        x = to_unit(x)  # (B, C, 32, 32) in [-1, 1]
         # the loss terms in float32 also when the network runs under bf16 autocast
         mu, log_std = (t.float() for t in self.encode(x))  # (B, L), (B, L)
+        x = to_unit(x)  # (B, C, 32, 32) in [-1, 1]
         z = reparameterize(mu, log_std)  # (B, L)
         x_hat = self.decode(z).float()  # (B, C, 32, 32)
         recon = (x - x_hat).pow(2).flatten(1).sum(1).mean()
@@ -140,7 +140,7 @@ class VAE(nn.Module):
         the squared-error loss assumes, `DECODER_LOG_STD`) integrated over each of the 256 bins
         of width 2/255 on the [-1, 1] scale, the end bins taking the tails
         (`discretised_gaussian_log_prob`); so log p(x|z) <= 0, a probability, not a density."""
-        mu, log_std = (t.float() for t in self.encode(to_unit(x)))  # (B, L) each
+        mu, log_std = (t.float() for t in self.encode(x))  # (B, L) each
         z = reparameterize(mu.expand(k, *mu.shape), log_std)  # (k, B, L)
         mean = self.decode(z.flatten(0, 1)).float()  # (k B, C, H, W)
         target = x.expand(k, *x.shape).flatten(0, 1)  # (k B, C, H, W)
@@ -161,15 +161,15 @@ class VAE(nn.Module):
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, C, 32, 32), as stored -> decoder mean at the posterior mean, in [-1, 1]."""
-        mu, _ = self.encode(to_unit(x))
+        mu, _ = self.encode(x)
         return self.decode(mu).clamp(-1, 1)
 
     @torch.no_grad()
     def interpolate(self, x1: torch.Tensor, x2: torch.Tensor, steps: int = 10) -> torch.Tensor:
         """Decode `steps` evenly spaced points on the line between the posterior means of x1 and
         x2 (uint8 images (B, C, 32, 32), as stored); returns (B, steps, C, 32, 32) in [-1, 1]."""
-        mu1, _ = self.encode(to_unit(x1))  # (B, L)
-        mu2, _ = self.encode(to_unit(x2))
+        mu1, _ = self.encode(x1)  # (B, L)
+        mu2, _ = self.encode(x2)
         alpha = torch.linspace(0, 1, steps, device=mu1.device)[None, :, None]  # (1, S, 1)
         z = (1 - alpha) * mu1[:, None] + alpha * mu2[:, None]  # (B, S, L)
         x = self.decode(z.flatten(0, 1)).clamp(-1, 1)  # (B * S, C, 32, 32)

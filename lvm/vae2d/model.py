@@ -60,20 +60,26 @@ class VAE2d(nn.Module):
         return self
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Points (B, D), as stored -> (mu, log_std) of q(z|x), each (B, L)."""
         mu, log_std = self.encoder((x - self.shift) / self.scale).chunk(2, dim=-1)  # (B, L), (B, L)
         return mu, log_std
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def likelihood(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The Gaussian p(x|z) in raw units: mean and log standard deviation, each (B, D)."""
         mu, log_std = self.decoder(z).chunk(2, dim=-1)  # standardised units
         return mu * self.scale + self.shift, log_std + self.scale.log()
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, L) -> the mean of p(x|z), (B, D) points in raw units; drawing is `sample`."""
+        return self.likelihood(z)[0]
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """-ELBO = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), averaged over the batch, in nats."""
         mu_z, log_std_z = self.encode(x)
         draws = 1 if self.training else self.cfg.eval_samples
         z = reparameterize(mu_z.expand(draws, *mu_z.shape), log_std_z)  # (S, B, L)
-        mu_x, log_std_x = self.decode(z)  # (S, B, D) each
+        mu_x, log_std_x = self.likelihood(z)  # (S, B, D) each
         recon = -gaussian_log_prob(x, mu_x, log_std_x).sum(-1).mean()
         kl = gaussian_kl(mu_z, log_std_z).mean()
         return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}
@@ -84,7 +90,7 @@ class VAE2d(nn.Module):
         the ELBO (`lvm.engine.evaluate`). p(x|z) is a density: the points are continuous."""
         mu_z, log_std_z = self.encode(x)  # (B, L) each
         z = reparameterize(mu_z.expand(k, *mu_z.shape), log_std_z)  # (k, B, L)
-        mu_x, log_std_x = self.decode(z)  # (k, B, D) each
+        mu_x, log_std_x = self.likelihood(z)  # (k, B, D) each
         log_px_z = gaussian_log_prob(x, mu_x, log_std_x).sum(-1)  # (k, B)
         log_pz = standard_normal_log_prob(z).sum(-1)  # (k, B)
         log_qz = gaussian_log_prob(z, mu_z, log_std_z).sum(-1)  # (k, B)
@@ -100,7 +106,7 @@ class VAE2d(nn.Module):
         h = 2 * limit / steps
         t = torch.linspace(-limit + h / 2, limit - h / 2, steps, dtype=torch.float64)  # midpoints
         z = torch.cartesian_prod(t, t).to(self.shift.device)  # (G, 2)
-        mu_x, log_std_x = self.decode(z.float())  # (G, D) each
+        mu_x, log_std_x = self.likelihood(z.float())  # (G, D) each
         log_joint = (gaussian_log_prob(x[:, None].double(), mu_x.double(), log_std_x.double()).sum(-1)
                      + standard_normal_log_prob(z).sum(-1))  # (B, G)
         return torch.logsumexp(log_joint, 1) + 2 * math.log(h)
@@ -110,5 +116,5 @@ class VAE2d(nn.Module):
         """n points from p(x) = E_z p(x|z); without noise, the decoder means alone."""
         device = next(self.parameters()).device
         z = torch.randn(n, self.cfg.latent_dim, device=device)
-        mu, log_std = self.decode(z)
+        mu, log_std = self.likelihood(z)
         return mu + log_std.exp() * torch.randn_like(mu) if noise else mu
