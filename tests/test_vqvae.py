@@ -250,3 +250,11 @@ def test_ema_loss_is_the_course_number_without_codebook_gradient():
     assert loss_ema.item() == pytest.approx(loss_plain.item(), rel=1e-6)
     loss_ema.backward()
     assert ema.codebook.grad is None and z.grad.abs().sum() > 0
+
+
+def test_final_line_names_the_prior_actually_used():
+    test = {"loss": 0.5, "recon_loss": 0.4, "vq_loss": 0.1, "prior_nll": 1.25}
+    line = experiment.final_line(lvm.vqvae.MODEL, test, {"prior": "pixelcnn"})
+    assert line == "Final VQ-VAE Test Loss: 0.5000, PixelCNN Prior Test NLL: 1.2500"  # the course's words
+    assert "Gated PixelCNN Prior Test NLL: 1.2500" in experiment.final_line(lvm.vqvae.MODEL, test, {"prior": "gated"})
+    assert "Transformer Prior Test NLL: 1.2500" in experiment.final_line(lvm.vqvae.MODEL, test, {"prior": "transformer"})
