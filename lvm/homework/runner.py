@@ -65,7 +65,9 @@ def _student_functions(source: str, function: str, shown: str | None = None) -> 
     return namespace.get(function), notes, str(path)
 
 
-def run(job_dir: Path, out_dir: Path) -> dict:
+def run_question_function(job_dir: Path, out_dir: Path) -> dict:
+    """Load the file of job.json (or the reference solutions), call its question function on the
+    inputs, write what it returned to OUT_DIR/outputs.npz and return the report for result.json."""
     job = json.loads((job_dir / "job.json").read_text())
     function = job["function"]
     try:
@@ -107,7 +109,7 @@ def run(job_dir: Path, out_dir: Path) -> dict:
 
 def main() -> None:
     job_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    result = run(job_dir, out_dir)
+    result = run_question_function(job_dir, out_dir)
     (out_dir / "result.json").write_text(json.dumps(result))
 
 
