@@ -2,8 +2,9 @@
 the grader's own checks, fail with the line that names the mistake; correct answers pass.
 
 Q1's mistakes are real: a small student VAE (written below as a student would) trained on the
-grader's slice with the mistake in it. The others change what a correct answer returns in the
-way the mistake does. homework/README.md has the table of these mistakes and the grader's words."""
+grader's slice with the mistake in it. So are Q3's and Q4a's (the reference solution trained with
+the mistake patched in: a first mask that sees the current code, no straight-through gradient).
+The others change what a correct answer returns in the way the mistake does. homework/README.md has the table of these mistakes and the grader's words."""
 
 from __future__ import annotations
 
