@@ -333,3 +333,115 @@ def test_no_straight_through_gradient_is_named(monkeypatch):
     no_straight_through(monkeypatch)
     found = failures("q3", *reference_vq("q3", monkeypatch))
     assert any("The VQ-VAE needs the straight-through gradient" in m for m in found), found
+
+
+def test_prior_codes_taken_by_argmax_are_named(monkeypatch):
+    import lvm.pixelcnn.model as pixelcnn
+
+    monkeypatch.setattr(pixelcnn, "sample_categorical", lambda logits, temperature=1.0: logits.argmax(-1))
+    found = failures("q3", *reference_vq("q3", monkeypatch))
+    assert any("samples: nearly alike" in m and "argmax" in m for m in found), found
+
+
+# ----------------------------------------------------------------------------- the causality probe (lvm.homework.probe)
+
+STUDENT_PRIOR = '''
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class MaskedConv(nn.Conv2d):
+    """mask "A": rows above and the centre row left of the centre; "B": and the centre; "right":
+    the centre row right of the centre instead of left (a mask the wrong way round)."""
+
+    def __init__(self, mask_type, c_in, c_out, k):
+        super().__init__(c_in, c_out, k, padding=k // 2)
+        c = k // 2
+        mask = torch.zeros_like(self.weight)
+        mask[:, :, :c] = 1
+        if mask_type == "right":
+            mask[:, :, c, c + 1:] = 1
+        else:
+            mask[:, :, c, :c + (mask_type == "B")] = 1
+        self.register_buffer("mask", mask)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.padding)
+
+
+class StudentPixelCNN(nn.Module):
+    def __init__(self, first_mask, levels=8):
+        super().__init__()
+        self.embed = nn.Embedding(levels, 16)
+        self.net = nn.Sequential(MaskedConv(first_mask, 16, 32, 7), nn.ReLU(), MaskedConv("B", 32, 32, 3), nn.ReLU(),
+                                 nn.Conv2d(32, levels, 1))
+
+    def forward(self, x):  # (B, H, W) codes -> (B, levels, H, W) logits
+        return self.net(self.embed(x).permute(0, 3, 1, 2))
+'''
+
+
+def student_prior(first_mask: str) -> nn.Module:
+    namespace: dict = {}
+    exec(STUDENT_PRIOR, namespace)  # noqa: S102 - the same class the graded file below defines
+    torch.manual_seed(0)
+    return namespace["StudentPixelCNN"](first_mask)
+
+
+@pytest.mark.parametrize("first_mask, words", [
+    ("A", "depends on earlier codes only"),
+    ("B", "its output at a position changes with that position's own code (64 of 64 positions probed): the first "
+          "masked convolution sees the code it predicts"),
+    # the centre row's right in place of its left: the later type-B layer passes the code at (i, j)
+    # from (i, j - 1) to (i, j), so the output reads its own code too
+    ("right", "its output at a position changes with that position's own code"),
+])
+def test_the_probe_tells_a_causal_prior_from_one_that_peeks(first_mask, words):
+    from lvm.homework import probe
+    from lvm.homework.grade import Result, _causal, _probes
+
+    prior = student_prior(first_mask)
+    noted, hooks = probe.watch()
+    try:
+        codes = torch.randint(0, 8, (16, 8, 8))
+        nn.functional.cross_entropy(prior(codes), codes).backward()  # a training step's forward, as a student calls it
+        prior.embed(codes)  # an embedding called on its own is not probed
+    finally:
+        for hook in hooks:
+            hook.remove()
+    result = Result("q3", "")
+    _causal(result, _probes(probe.report(noted)))
+    assert len(result.checks) == 1 and words in result.checks[0].message, [c.message for c in result.checks]
+    assert result.passed == (first_mask == "A")
+
+
+def test_a_prior_that_sees_a_later_code_is_named():
+    from lvm.homework.grade import Result, _causal, _probes
+
+    result = Result("q3", "")
+    _causal(result, _probes([{"module": "M", "positions": 64, "self": 0, "earlier": 9}, {"module": "forged"}]))
+    assert [c.message for c in result.checks] == [
+        "prior (M): its output at a position changes with a later code (9 of 64 positions probed): a mask lets it "
+        "see the future (a mask off by one, or a row or column the wrong way round?)"]
+
+
+@pytest.mark.slow
+def test_a_graded_prior_whose_first_mask_is_type_b_fails_at_any_budget(tmp_path):
+    """Through the real grader: the prior is never trained, so no loss could show the leak."""
+    path = tmp_path / "peeking.py"
+    path.write_text(STUDENT_PRIOR + textwrap.dedent('''
+
+        def q3(train_data, test_data, dset_id):
+            prior = StudentPixelCNN("B")
+            codes = torch.randint(0, 8, (4, 8, 8))
+            prior(codes)
+            losses = np.linspace(3.0, 2.0, 5)
+            samples = np.random.default_rng(0).uniform(0, 255, (100, 32, 32, 3))
+            return losses, losses[[0, 2, 4]], losses, losses[[0, 2, 4]], samples, samples
+    '''))
+    run = subprocess.run([sys.executable, "-m", "lvm", "grade", str(path), "--timeout", "120"], capture_output=True,
+                         text=True, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "FAIL  prior (StudentPixelCNN): its output at a position changes with that position's own code" in run.stdout

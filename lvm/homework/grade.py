@@ -17,9 +17,11 @@ shapes, value ranges, finite losses that fall, one test row per epoch plus one a
 [0, 255] (0/1 for Q4b), reconstructions that pair real test images; and what the answers mean,
 wherever a truth is known (-ELBO = recon + KL with KL >= 0, Q1's -ELBO not below the data's own
 NLL, samples that are not training examples, Q1's noise spread along the data's axes, a latent
-that is used, Q3's and Q4a's reconstructions that resemble their images and a prior that does
-not read the code it predicts). Each failure names the likely mistake. The child's exit status
-and anything its code patches count for nothing.
+that is used; for Q3 and Q4a, reconstructions that resemble their images, samples that vary and
+a prior that does not read the code it predicts, by its losses and, for a prior the function
+calls on a grid of codes, by the child's causality probe, `lvm.homework.probe`). Each failure
+names the likely mistake. The child's exit status and anything its code patches count for
+nothing.
 
 One PASS/FAIL (or NOTE) line per check; exit status 0 when every question passes, 1 otherwise.
 """
@@ -508,6 +510,11 @@ VQ_RECON_R2 = 0.2
 # (type B in place of A) 4 % after 10 epochs and 0.2 % after 30 (0.008 nats per code): it copies
 # its input. Only claimed when the reconstructions show that the codes carry the images.
 PRIOR_FLOOR = 0.1
+# The samples vary (per pixel, across the 100) at least this share of what the reconstructions
+# do. Measured: the reference 0.78 to 1.04 (PixelCNN and Gated, 2 to 30 prior epochs, seeds 0, 1);
+# a Gated prior that sees the current code 0.39 (10 epochs); codes drawn by argmax 0 (every
+# sample the same image).
+VQ_SAMPLE_SPREAD = 0.25
 
 
 def _check_vqvae(result: Result, out: list, inputs: dict) -> None:
@@ -522,11 +529,15 @@ def _check_vqvae(result: Result, out: list, inputs: dict) -> None:
         if ok:
             _curves(result, tr, te, n)
             curves[n] = (tr, te)
-    if _images(result, samples, "samples", 32, 3):
+    sampled = _images(result, samples, "samples", 32, 3)
+    if sampled:
         _not_copies(result, samples, inputs["train"], "samples", 0.5)
     if _images(result, recon, "reconstructions", 32, 3) and _pairs(result, recon, inputs["test"], "reconstructions"):
-        if _vq_reconstructions(result, recon) and "prior" in curves:
-            _prior_not_peeking(result, *curves["prior"])
+        if _vq_reconstructions(result, recon):
+            if sampled:
+                _samples_vary(result, samples, recon[1::2])
+            if "prior" in curves:
+                _prior_not_peeking(result, *curves["prior"])
 
 
 def _vq_reconstructions(result: Result, recon: np.ndarray) -> bool:
@@ -539,6 +550,17 @@ def _vq_reconstructions(result: Result, recon: np.ndarray) -> bool:
                         f"variation (R^2 < {VQ_RECON_R2}), as if the codes said little about the image: does the "
                         "encoder learn from the reconstruction? The VQ-VAE needs the straight-through gradient, "
                         "z_e + (z_q - z_e).detach(); with z_q = codebook[idx] alone the encoder never learns")
+
+
+def _samples_vary(result: Result, samples: np.ndarray, recon: np.ndarray) -> None:
+    """The prior's samples vary from one to the next about as much as the reconstructions do."""
+    spread = lambda a: float(np.asarray(a, np.float64).std(0).mean())  # noqa: E731 - per pixel, over the images
+    share = spread(samples) / max(spread(recon), 1e-9)
+    result.check(share >= VQ_SAMPLE_SPREAD, f"samples: vary {share:.2f} times as much as the reconstructions"
+                 if share >= VQ_SAMPLE_SPREAD else f"samples: nearly alike (they vary {share:.2f} times as much as "
+                 "the reconstructions, per pixel): are the prior's codes taken by argmax instead of drawn from its "
+                 "distribution, or does its first mask see the code it predicts, so that every sample copies the "
+                 "same blank start?")
 
 
 def _prior_not_peeking(result: Result, train: np.ndarray, test: np.ndarray) -> None:
@@ -753,7 +775,35 @@ def _child_report(path: Path) -> dict | None:
             and (count is None or isinstance(count, int) and 0 <= count <= 100)):
         return None
     return {"status": report["status"], "notes": notes, "count": count, "bad": {str(k): str(v) for k, v in bad.items()},
-            "message": str(report.get("message", "failed")), "type": str(report.get("type"))}
+            "message": str(report.get("message", "failed")), "type": str(report.get("type")),
+            "probes": _probes(report.get("probes"))}
+
+
+def _probes(found) -> list[dict]:
+    """The causality probes of the child's report (`lvm.homework.probe`) that are of their form."""
+    keys = ("positions", "self", "earlier")
+    if not isinstance(found, list):
+        return []
+    return [{"module": str(p.get("module"))[:60], **{k: p[k] for k in keys}} for p in found[:8]
+            if isinstance(p, dict) and all(isinstance(p.get(k), int) and 0 <= p[k] <= 4096 for k in keys)
+            and p["positions"] > 0]
+
+
+def _causal(result: Result, probes: list[dict]) -> None:
+    """Each prior the question function built: its output at a position never changes with the
+    code at that position or after it."""
+    for p in probes:
+        name, n = p["module"], p["positions"]
+        if p["self"]:
+            result.fail(f"prior ({name}): its output at a position changes with that position's own code ({p['self']} "
+                        f"of {n} positions probed): the first masked convolution sees the code it predicts. Its mask "
+                        "must be type A (the centre excluded; B only in later layers)")
+        elif p["earlier"]:
+            result.fail(f"prior ({name}): its output at a position changes with a later code ({p['earlier']} of {n} "
+                        "positions probed): a mask lets it see the future (a mask off by one, or a row or column "
+                        "the wrong way round?)")
+        else:
+            result.check(True, f"prior ({name}): the output at each of {n} positions depends on earlier codes only")
 
 
 def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: int) -> None:
@@ -784,6 +834,7 @@ def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: i
         return
     try:
         check_outputs(spec.name, returned, inputs, report["bad"], result)
+        _causal(result, report["probes"])
     except Exception as e:  # noqa: BLE001 - values no check foresaw: one line, never a traceback
         result.fail(f"the grader could not check {spec.function}'s values ({type(e).__name__}: {e})")
 
