@@ -16,9 +16,12 @@ shapes, value ranges, finite losses that fall, one test row per epoch plus one a
 (one per epoch without it passes with a note, as the course's helper accepts it), images in
 [0, 255] (0/1 for Q4b), reconstructions that pair real test images; and what the answers mean,
 wherever a truth is known (-ELBO = recon + KL with KL >= 0, Q1's -ELBO not below the data's own
-NLL, samples that are not training examples, Q1's noise spread, a latent that is used). Each
-failure names the likely mistake. The child's exit status and anything its code patches count
-for nothing.
+NLL, samples that are not training examples, Q1's noise spread along the data's axes, a latent
+that is used; for Q3 and Q4a, reconstructions that resemble their images, samples that vary and
+a prior that does not read the code it predicts, by its losses and, for a prior the function
+calls on a grid of codes, by the child's causality probe, `lvm.homework.probe`). Each failure
+names the likely mistake. The child's exit status and anything its code patches count for
+nothing.
 
 One PASS/FAIL (or NOTE) line per check; exit status 0 when every question passes, 1 otherwise.
 """
@@ -294,12 +297,12 @@ def _images(result: Result, a: np.ndarray | None, name: str, size: int, channels
                         f"{name}: every image is a flat colour (mean per-image std {spread:.3g})")
 
 
-def _pairs(result: Result, recon: np.ndarray, test_data: np.ndarray, name: str) -> None:
+def _pairs(result: Result, recon: np.ndarray, test_data: np.ndarray, name: str) -> bool:
     """The course lays reconstructions out as 50 pairs: a test image, then its reconstruction."""
     known = {np.asarray(x, np.uint8).tobytes() for x in test_data}
     originals = np.clip(np.round(recon[0::2]), 0, 255).astype(np.uint8)
     found = sum(x.tobytes() in known for x in originals)
-    result.check(found == 50, f"{name}: even rows are 50 test images, odd rows their reconstructions" if found == 50
+    return result.check(found == 50, f"{name}: even rows are 50 test images, odd rows their reconstructions" if found == 50
                  else f"{name}: only {found} of the 50 even rows (0, 2, 4, ...) are test images; expected pairs "
                  "(test image, its reconstruction)")
 
@@ -414,6 +417,13 @@ Q1_VARIANCE_RANGE = (0.5, 2.0)
 # Noise only adds spread (Var[mu(z) + sigma(z) eps] = Var[mu(z)] + E[sigma^2]); 1,000-point
 # variances err by ~6 % each, so 0.8 leaves room: the reference at the course's budget has 1.11.
 Q1_NOISE_SPREAD = 0.8
+# ... and noise spreads them along every direction: samples_noise's variance along each principal
+# axis of the data, as a share of the data's, is at least this. Measured on the four Q1 datasets
+# (a student VAE, 3 to 80 epochs): honest samples with noise 0.46 at the least (a1, 5 epochs:
+# an undertrained decoder spreads evenly), those without noise 0.03 at the most along the data's
+# minor axis, once the latent carries the major one (a-datasets, 20 epochs on: then the total
+# spread of the two differs by only 5 to 10 %, and only this check tells a swap).
+Q1_AXIS_FLOOR = 0.2
 
 
 def _check_q1(result: Result, out: list, inputs: dict) -> None:
@@ -434,7 +444,12 @@ def _check_q1(result: Result, out: list, inputs: dict) -> None:
             if last > 3 * nll:
                 result.fail(f"q1: final test -ELBO {last:.3f} is over 3 times the data's NLL {nll:.3f}: losses summed "
                             "over a batch instead of averaged per point, or barely trained?")
-    train = inputs["train"]
+    _q1_samples(result, noise, nonoise, inputs["train"])
+
+
+def _q1_samples(result: Result, noise: np.ndarray | None, nonoise: np.ndarray | None, train: np.ndarray) -> None:
+    """Q1's samples: centred on the data, not copies of it; with noise at least as spread as
+    without, along every principal axis of the data too, and about as widely as the data."""
     good = {}
     for a, n in ((noise, "samples_noise"), (nonoise, "samples_nonoise")):
         if _shape(result, a, n, (1000, 2), "1000 points in 2-D") and _finite(result, a, n):
@@ -450,13 +465,22 @@ def _check_q1(result: Result, out: list, inputs: dict) -> None:
                      f"{narrow:.3g})" if ok else f"samples_noise spread less than samples_nonoise (variance {wide:.3g} "
                      f"vs {narrow:.3g}): are the two swapped? With noise, mu(z) + sigma(z) * eps spreads at least as "
                      "widely as mu(z)")
-    if "samples_noise" in good:
-        ratio = noise.var(0) / train.var(0)
-        lo, hi = Q1_VARIANCE_RANGE
-        ok = bool(((ratio >= lo) & (ratio <= hi)).all())
-        result.check(ok, f"samples_noise: variance per axis {ratio.round(2).tolist()} of the data's" if ok else
-                     f"samples_noise: variance per axis {ratio.round(2).tolist()} of the data's, outside {lo}..{hi}: "
-                     "is the decoder's noise left out, or its log-std read as a variance (or the other way)?")
+    if "samples_noise" not in good:
+        return
+    scale, axes = np.linalg.eigh(np.cov(np.asarray(train, np.float64).T))  # the data's principal axes
+    along = (noise @ axes).var(0) / scale
+    ok = bool((along >= Q1_AXIS_FLOOR).all())
+    result.check(ok, f"samples_noise: variance along the data's principal axes {along.round(2).tolist()} of the "
+                 "data's" if ok else f"samples_noise: variance along the data's principal axes "
+                 f"{along.round(3).tolist()} of the data's, below {Q1_AXIS_FLOOR} along one: points on a curve, as "
+                 "mu(z) without noise lies; are samples_noise and samples_nonoise swapped, or the decoder's noise "
+                 "left out?")
+    ratio = noise.var(0) / train.var(0)
+    lo, hi = Q1_VARIANCE_RANGE
+    ok = bool(((ratio >= lo) & (ratio <= hi)).all())
+    result.check(ok, f"samples_noise: variance per axis {ratio.round(2).tolist()} of the data's" if ok else
+                 f"samples_noise: variance per axis {ratio.round(2).tolist()} of the data's, outside {lo}..{hi}: "
+                 "is the decoder's noise left out, or its log-std read as a variance (or the other way)?")
 
 
 def _check_q2(part: str) -> Callable:
@@ -473,20 +497,86 @@ def _check_q2(part: str) -> Callable:
     return check
 
 
+# Q3 and Q4a. Reconstructions explain at least this share of their test images' variation, R^2 =
+# 1 - sum (x - x_hat)^2 / sum (x - mean x)^2 over the 50 pairs. Measured on the grader's 512
+# shapes: the reference at its tiny budget 0.56 and 0.54 (two
+# seeds); without the straight-through gradient
+# (z_q = codebook[idx] used directly: the encoder gets nothing from the reconstruction, only the
+# commitment term) -0.77 and -0.48, every reconstruction nearly the same image.
+VQ_RECON_R2 = 0.2
+# The prior's final test NLL is at least this share of its first (at initialisation: about log K
+# for a uniform start). Measured on the grader's 512 shapes (K = 32): the reference's PixelCNN 72 %
+# after 2 epochs, 39 % after 10, 32 % after 30; with a first mask that sees the code it predicts
+# (type B in place of A) 4 % after 10 epochs and 0.2 % after 30 (0.008 nats per code): it copies
+# its input. Only claimed when the reconstructions show that the codes carry the images.
+PRIOR_FLOOR = 0.1
+# The samples vary (per pixel, across the 100) at least this share of what the reconstructions
+# do. Measured: the reference 0.78 to 1.04 (PixelCNN and Gated, 2 to 30 prior epochs, seeds 0, 1);
+# a Gated prior that sees the current code 0.39 (10 epochs); codes drawn by argmax 0 (every
+# sample the same image).
+VQ_SAMPLE_SPREAD = 0.25
+
+
 def _check_vqvae(result: Result, out: list, inputs: dict) -> None:
     *losses, samples, recon = out
     # (N, 1) columns are accepted as (N,): the course's helper only indexes [-1]
     vq_tr, vq_te, pr_tr, pr_te = (a.squeeze(-1) if a is not None and a.ndim == 2 and a.shape[-1] == 1 else a
                                   for a in losses)
+    curves = {}
     for (tr, te), n in (((vq_tr, vq_te), "vqvae"), ((pr_tr, pr_te), "prior")):
         ok = _shape(result, tr, f"{n}_train_losses", (None,), "one loss per minibatch")
         ok &= _shape(result, te, f"{n}_test_losses", (None,), "one loss after every epoch (and one at initialisation)")
         if ok:
             _curves(result, tr, te, n)
-    if _images(result, samples, "samples", 32, 3):
+            curves[n] = (tr, te)
+    sampled = _images(result, samples, "samples", 32, 3)
+    if sampled:
         _not_copies(result, samples, inputs["train"], "samples", 0.5)
-    if _images(result, recon, "reconstructions", 32, 3):
-        _pairs(result, recon, inputs["test"], "reconstructions")
+    if _images(result, recon, "reconstructions", 32, 3) and _pairs(result, recon, inputs["test"], "reconstructions"):
+        if _vq_reconstructions(result, recon):
+            if sampled:
+                _samples_vary(result, samples, recon[1::2])
+            if "prior" in curves:
+                _prior_not_peeking(result, *curves["prior"])
+
+
+def _vq_reconstructions(result: Result, recon: np.ndarray) -> bool:
+    """The reconstructions (odd rows) resemble their test images (even rows)."""
+    x, x_hat = recon[0::2].astype(np.float64), recon[1::2].astype(np.float64)
+    spread = float(((x - x.mean(0)) ** 2).sum())
+    r2 = 1 - float(((x - x_hat) ** 2).sum()) / max(spread, 1e-9)
+    return result.check(r2 >= VQ_RECON_R2, f"reconstructions: explain {r2:.2f} of the test images' variation (R^2)"
+                        if r2 >= VQ_RECON_R2 else f"reconstructions: explain only {r2:.2f} of the test images' "
+                        f"variation (R^2 < {VQ_RECON_R2}), as if the codes said little about the image: does the "
+                        "encoder learn from the reconstruction? The VQ-VAE needs the straight-through gradient, "
+                        "z_e + (z_q - z_e).detach(); with z_q = codebook[idx] alone the encoder never learns")
+
+
+def _samples_vary(result: Result, samples: np.ndarray, recon: np.ndarray) -> None:
+    """The prior's samples vary from one to the next about as much as the reconstructions do."""
+    spread = lambda a: float(np.asarray(a, np.float64).std(0).mean())  # noqa: E731 - per pixel, over the images
+    share = spread(samples) / max(spread(recon), 1e-9)
+    result.check(share >= VQ_SAMPLE_SPREAD, f"samples: vary {share:.2f} times as much as the reconstructions"
+                 if share >= VQ_SAMPLE_SPREAD else f"samples: nearly alike (they vary {share:.2f} times as much as "
+                 "the reconstructions, per pixel): are the prior's codes taken by argmax instead of drawn from its "
+                 "distribution, or does its first mask see the code it predicts, so that every sample copies the "
+                 "same blank start?")
+
+
+def _prior_not_peeking(result: Result, train: np.ndarray, test: np.ndarray) -> None:
+    """The prior's test NLL stays above PRIOR_FLOOR of its first: a prior that gets lower on codes
+    that carry the images reads the code it predicts."""
+    if not (np.isfinite(train).all() and np.isfinite(test).all()) or len(test) < 2:
+        return
+    first, last = max(float(test[0]), float(train[0])), float(test[-1])
+    if first <= 0:
+        return
+    share = last / first
+    result.check(share >= PRIOR_FLOOR, f"prior: final test NLL {share:.0%} of its first" if share >= PRIOR_FLOOR
+                 else f"prior: final test NLL {last:.4g} is {share:.1%} of its first ({first:.4g}), lower than a "
+                 "prior can go on codes that carry the images: does the first masked convolution see the code it "
+                 "predicts? Its mask must be type A (the centre excluded; B only in later layers), so that the "
+                 "output at a position never changes with that position's input")
 
 
 def _check_q4b(result: Result, out: list, inputs: dict) -> None:
@@ -685,7 +775,35 @@ def _child_report(path: Path) -> dict | None:
             and (count is None or isinstance(count, int) and 0 <= count <= 100)):
         return None
     return {"status": report["status"], "notes": notes, "count": count, "bad": {str(k): str(v) for k, v in bad.items()},
-            "message": str(report.get("message", "failed")), "type": str(report.get("type"))}
+            "message": str(report.get("message", "failed")), "type": str(report.get("type")),
+            "probes": _probes(report.get("probes"))}
+
+
+def _probes(found) -> list[dict]:
+    """The causality probes of the child's report (`lvm.homework.probe`) that are of their form."""
+    keys = ("positions", "self", "earlier")
+    if not isinstance(found, list):
+        return []
+    return [{"module": str(p.get("module"))[:60], **{k: p[k] for k in keys}} for p in found[:8]
+            if isinstance(p, dict) and all(isinstance(p.get(k), int) and 0 <= p[k] <= 4096 for k in keys)
+            and p["positions"] > 0]
+
+
+def _causal(result: Result, probes: list[dict]) -> None:
+    """Each prior the question function built: its output at a position never changes with the
+    code at that position or after it."""
+    for p in probes:
+        name, n = p["module"], p["positions"]
+        if p["self"]:
+            result.fail(f"prior ({name}): its output at a position changes with that position's own code ({p['self']} "
+                        f"of {n} positions probed): the first masked convolution sees the code it predicts. Its mask "
+                        "must be type A (the centre excluded; B only in later layers)")
+        elif p["earlier"]:
+            result.fail(f"prior ({name}): its output at a position changes with a later code ({p['earlier']} of {n} "
+                        "positions probed): a mask lets it see the future (a mask off by one, or a row or column "
+                        "the wrong way round?)")
+        else:
+            result.check(True, f"prior ({name}): the output at each of {n} positions depends on earlier codes only")
 
 
 def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: int) -> None:
@@ -716,6 +834,7 @@ def _read_child(result: Result, job: Path, spec: Question, inputs: dict, code: i
         return
     try:
         check_outputs(spec.name, returned, inputs, report["bad"], result)
+        _causal(result, report["probes"])
     except Exception as e:  # noqa: BLE001 - values no check foresaw: one line, never a traceback
         result.fail(f"the grader could not check {spec.function}'s values ({type(e).__name__}: {e})")
 

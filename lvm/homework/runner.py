@@ -5,7 +5,8 @@ the inputs the grader wrote, and write back what it returned as plain numeric ar
 
 IN_DIR holds job.json (which file, which function, the extra arguments) and inputs.npz (the
 training and test arrays); this writes, to OUT_DIR, result.json (what happened, in words) and
-outputs.npz (the returned values, `np.savez` without pickles). It runs inside the grader's
+outputs.npz (the returned values, `np.savez` without pickles); for Q3 and Q4a, result.json also
+holds what `lvm.homework.probe` found of the priors the function built. It runs inside the grader's
 sandbox (`lvm.homework.sandbox`). Nothing here decides a verdict: the parent reads these two
 files as untrusted data and runs every check itself, so whatever the student's code does in this
 process (exit, patch the grader, print, forge the files, loop until it is killed) cannot make it
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from lvm.homework import probe
+
+PROBED = ("q3", "q4_a")  # the question functions whose priors over code grids are probed (lvm.homework.probe)
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -65,7 +70,9 @@ def _student_functions(source: str, function: str, shown: str | None = None) -> 
     return namespace.get(function), notes, str(path)
 
 
-def run(job_dir: Path, out_dir: Path) -> dict:
+def run_question_function(job_dir: Path, out_dir: Path) -> dict:
+    """Load the file of job.json (or the reference solutions), call its question function on the
+    inputs, write what it returned to OUT_DIR/outputs.npz and return the report for result.json."""
     job = json.loads((job_dir / "job.json").read_text())
     function = job["function"]
     try:
@@ -83,6 +90,7 @@ def run(job_dir: Path, out_dir: Path) -> dict:
         train, test = f["train"], f["test"]
     helpers._GRADING = True  # lvm.homework.grading() tells the solution it is being graded
     name = getattr(fn, "__name__", function)
+    noted, hooks = probe.watch() if function in PROBED else ({}, [])
     try:
         out = fn(train, test, *job["args"])
     except NotImplementedError:
@@ -93,6 +101,9 @@ def run(job_dir: Path, out_dir: Path) -> dict:
         frames = [f for f in traceback.extract_tb(e.__traceback__) if source and f.filename.startswith(source)]
         where = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
         return {"status": "failed", "notes": notes, "message": f"{name} raised {type(e).__name__}: {e}{where}"}
+    finally:
+        for hook in hooks:
+            hook.remove()
     if not isinstance(out, (tuple, list)):
         return {"status": "returned", "notes": notes, "count": None, "type": type(out).__name__}
     arrays, bad = {}, {}
@@ -102,12 +113,12 @@ def run(job_dir: Path, out_dir: Path) -> dict:
         except (TypeError, ValueError, RuntimeError) as e:
             bad[str(i)] = f"{type(value).__name__}: {e}"
     np.savez(out_dir / "outputs.npz", **arrays)
-    return {"status": "returned", "notes": notes, "count": len(out), "bad": bad}
+    return {"status": "returned", "notes": notes, "count": len(out), "bad": bad, "probes": probe.report(noted)}
 
 
 def main() -> None:
     job_dir, out_dir = Path(sys.argv[1]), Path(sys.argv[2])
-    result = run(job_dir, out_dir)
+    result = run_question_function(job_dir, out_dir)
     (out_dir / "result.json").write_text(json.dumps(result))
 
 
