@@ -176,7 +176,7 @@ def test_config_fields_reach_the_model(tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["config"]["model"]["hidden"] == [8, 8] and m["config"]["model"]["latent_dim"] == 3
-    from lvm.engine.pipeline import load_model
+    from lvm import load_model
 
     model, _ = load_model(tmp_path / "checkpoint.pt")
     assert model.encoder[0].out_features == 8 and model.cfg.latent_dim == 3 and model.scale.ne(1).all()

@@ -231,11 +231,11 @@ class Missing(UserError):
         self.name, self.files, self.folders, self.site, self.download = name, files, folders, site, download
         self.pickle: Path | None = None
 
-    def __str__(self) -> str:
+    def template(self) -> str:
         where = " or ".join(str(f) for f in self.folders)
         alternative = f", nor the course's {self.pickle}" if self.pickle else ""
         return (f"dataset '{self.name}' not found: no {', '.join(self.files)} in {where} (get them from "
-                f"{self.site}){alternative}; put them there, or point --data-dir or $LVM_DATA_DIR at a "
+                f"{self.site}){alternative}; put them there, or point {{data_dir}} or $LVM_DATA_DIR at a "
                 f"folder that holds them; {self.download}")
 
 
@@ -575,7 +575,7 @@ def source(name: str) -> Source:
 
 def data_root(data_dir: str | Path | None = None) -> Path:
     """The data dir: `data_dir` with '~' expanded, else `default_data_dir()`."""
-    return _expand(data_dir, "--data-dir ") if data_dir else default_data_dir()
+    return _expand(data_dir, "{data_dir} ") if data_dir else default_data_dir()
 
 
 def on_disk(name: str, data_dir: str | Path | None = None) -> bool:
@@ -604,12 +604,12 @@ def load(
 ) -> Data:
     """Load a dataset by name; raises `UserError` (one readable line) when it cannot."""
     src = source(name)
-    for flag, value in (("--train-limit", train_limit), ("--test-limit", test_limit)):
+    for flag, value in (("{train_limit}", train_limit), ("{test_limit}", test_limit)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     root = data_root(data_dir)
     if data_dir and not root.is_dir() and not src.builtin:
-        raise UserError(f"--data-dir {root} is not a folder")
+        raise UserError(f"{{data_dir}} {root} is not a folder")
     train, test = src.store.read(root, download)
     if src.kind == "points":
         import torch
