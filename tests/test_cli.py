@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -160,6 +161,17 @@ def test_report_prints_the_table_and_writes_readme_only_when_told(tmp_path):
     assert r.exit_code == 0, r.output
     text = readme.read_text()
     assert "old" not in text and "| vae2d |" in text and "4.4213" in text and text.endswith("outtro\n")
+
+
+def test_report_reads_rows_only_under_folders_named_after_models(tmp_path):
+    """figures/eval/vae2d-gaussians-a1 is shaped like FIGURES/MODEL/DATASET but holds an
+    evaluation, not a row: only a registered model's folder holds rows."""
+    metrics = (Path(__file__).parents[1] / "figures/vae2d/gaussians-a1/metrics.json").read_text()
+    for folder in ("vae2d/gaussians-a1", "eval/vae2d-gaussians-a1"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "metrics.json").write_text(metrics)
+    runs = report.collect(tmp_path)
+    assert [Path(m["folder"]).name for m in runs] == ["gaussians-a1"]
 
 
 def test_show_lists_every_config_field():
