@@ -1,6 +1,7 @@
 """The `lvm` command. Thin: it parses arguments and calls library functions; no math lives here,
 and no model is named here: every model-specific choice is a field of the model's config (`-o`).
-Every error a user can cause ends in one line on stderr and exit status 2, never a traceback.
+Every error a user can cause ends in one line on stderr and exit status 2, never a traceback;
+the settings the engine's messages name are written as the flags that set them (`FLAGS`).
 torch is imported only by the commands that need it, so `lvm --help` answers at once."""
 
 from __future__ import annotations
@@ -38,15 +39,15 @@ def flag(setting: str) -> str:
     return FLAGS.get(setting, plain(setting))
 
 
+_python_show_warning = warnings.showwarning
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     """Advice is one `warning:` line, its settings named as flags; other warnings as Python shows them."""
     if isinstance(message, Advice):
         click.echo(f"warning: {message.phrased(flag)}", err=True)
     else:
         _python_show_warning(message, category, filename, lineno, file, line)
-
-
-_python_show_warning = warnings.showwarning
 
 
 class Group(click.Group):
