@@ -19,7 +19,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 def collect(figures: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
     """Every `FIGURES/MODEL/*/metrics.json` whose MODEL folder is named after a registered model
     (`lvm list`), each with the folder it came from; other folders of FIGURES (evaluations,
-    benchmarks: `figures/eval/vae2d-gaussians-a1`) hold no rows, whatever their shape. A
+    benchmarks: `figures/eval/MODEL-DATASET`) hold no rows, whatever their shape. A
     metrics.json is input we do not trust (anyone may have edited it): one that is not what
     `lvm run` writes is skipped, with one line through `warn` naming it and why; strings are
     escaped for markdown."""
