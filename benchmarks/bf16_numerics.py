@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lvm import registry
 from lvm.engine import pipeline as experiment
 
 # model -> (dataset, the number compared, extra options)
@@ -75,9 +76,9 @@ def main() -> None:
         for seed in args.seeds:
             for amp in ("off", "on"):
                 with tempfile.TemporaryDirectory() as out:
-                    m = experiment.run(model, dataset, out=Path(out), train_limit=args.train_limit,
-                                       test_limit=args.test_limit, download=False, overrides=options,
-                                       epochs=args.epochs, seed=seed, device=args.device, amp=amp)
+                    m = experiment.train_row(registry.get(model), dataset, out=Path(out), train_limit=args.train_limit,
+                                             test_limit=args.test_limit, download=False, overrides=options,
+                                             epochs=args.epochs, seed=seed, device=args.device, amp=amp)
                 runs.append({"model": model, "dataset": dataset, "seed": seed, "amp": amp, "test": m["test"],
                              "seconds": m["seconds"], "device": m["device"], "epochs": m["epochs"],
                              "train_size": m["config"]["train_size"]})

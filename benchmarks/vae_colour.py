@@ -301,7 +301,7 @@ def cpu_flags() -> str:
 
 def measure_checkpoint(checkpoint: Path, out: Path) -> None:
     """The colour numbers of a run of `lvm run vae|vlae --dataset shapes`, on its whole test set."""
-    from lvm.engine.pipeline import load_model
+    from lvm import load_model
 
     model, meta = load_model(checkpoint)
     data = load("shapes", download=False)

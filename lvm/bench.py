@@ -12,15 +12,15 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import replace
+from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lvm.engine import data as datasets
 from lvm import registry
+from lvm.engine import data as datasets
+from lvm.engine.spec import ModelSpec
 from lvm.engine.train import TrainConfig, cpu_flags, fast_path, make_step, resolve_device
-
-
 
 def _peak_mb(device: torch.device) -> float:
     if device.type == "cuda":
@@ -67,6 +67,41 @@ def _time_interleaved(paths: dict, steps: int, warmup: int, device: torch.device
     return spent, peak
 
 
+def _first_stage(spec: ModelSpec, info: datasets.DataInfo, dev: torch.device) -> torch.nn.Module:
+    """The network of the model's first stage, at its default config (what trains longest)."""
+    torch.manual_seed(0)
+    return spec.stages[0].build(spec.default_config(info)).to(dev)
+
+
+def _ours(net: torch.nn.Module, c: TrainConfig, dev: torch.device, on_device: torch.Tensor,
+          order: torch.Tensor) -> Callable[[int], Any]:
+    """The trainer's own step: data on the device as uint8, batched by index."""
+    step = make_step(net, torch.optim.Adam(net.parameters(), lr=c.lr), c, dev)
+    return lambda i: step(on_device[order[i * c.batch_size:(i + 1) * c.batch_size]])
+
+
+def _plain(net: torch.nn.Module, cfg: TrainConfig, x: torch.Tensor, dev: torch.device) -> Callable[[int], None]:
+    """The plain reference: float32 DataLoader, no autocast, no compilation."""
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    loader = iter(DataLoader(TensorDataset(x.float()), batch_size=cfg.batch_size, shuffle=True, drop_last=True))
+
+    def plain(i: int) -> None:  # noqa: ARG001 - a step's index, as ours takes
+        (xb,) = next(loader)
+        loss = net.loss(xb.to(dev))["loss"]
+        opt.zero_grad()
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        opt.step()
+
+    return plain
+
+
+def _settings(c: TrainConfig, dev: torch.device) -> dict:
+    amp_on, layout = fast_path(c, dev)
+    return {"amp": c.amp, "bf16": amp_on, "channels_last_setting": c.channels_last, "channels_last": layout}
+
+
 def bench(model: str, device: str = "auto", batch_size: int | None = None, steps: int = 20,
           warmup: int = 3, compile: bool = False, dataset: str | None = None, amp: str | None = None,
           channels_last: str | None = None, vs: dict[str, dict[str, str]] | None = None) -> dict:
@@ -81,54 +116,24 @@ def bench(model: str, device: str = "auto", batch_size: int | None = None, steps
     for c in configs.values():
         c.validate()
     dev = resolve_device(cfg.device)
-    name = dataset or spec.default_dataset
-    info = datasets.load(name, train_limit=1, test_limit=1, download=False).info
+    info = datasets.load(dataset or spec.default_dataset, train_limit=1, test_limit=1, download=False).info
     n = cfg.batch_size * (steps + warmup)
     x = random_batch(info, n)
     on_device = x.to(dev)
     order = torch.randperm(n, device=dev)
-
-    def first_stage() -> torch.nn.Module:
-        """The network of the model's first stage, at its default config (what trains longest)."""
-        torch.manual_seed(0)
-        return spec.stages[0].build(spec.default_config(info)).to(dev)
-
-    def ours(c: TrainConfig):
-        """The trainer's own step: data on the device as uint8, batched by index."""
-        net = first_stage()
-        step = make_step(net, torch.optim.Adam(net.parameters(), lr=c.lr), c, dev)
-        return lambda i: step(on_device[order[i * c.batch_size:(i + 1) * c.batch_size]])
-
-    # the plain reference: float32 DataLoader, no autocast, no compilation
-    ref_net = first_stage()
-    ref_opt = torch.optim.Adam(ref_net.parameters(), lr=cfg.lr)
-    loader = iter(DataLoader(TensorDataset(x.float()), batch_size=cfg.batch_size, shuffle=True, drop_last=True))
-
-    def plain(i: int) -> None:
-        (xb,) = next(loader)
-        loss = ref_net.loss(xb.to(dev))["loss"]
-        ref_opt.zero_grad()
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(ref_net.parameters(), cfg.grad_clip)
-        ref_opt.step()
-
-    paths = {**{k: ours(c) for k, c in configs.items()}, "plain": plain}
+    plain = _plain(_first_stage(spec, info, dev), cfg, x, dev)
+    paths = {**{k: _ours(_first_stage(spec, info, dev), c, dev, on_device, order) for k, c in configs.items()},
+             "plain": plain}
     spent, peak = _time_interleaved(paths, steps, warmup, dev)
     rate = {k: round(steps * cfg.batch_size / v, 1) for k, v in spent.items()}
-
-    def settings(c: TrainConfig) -> dict:
-        amp_on, layout = fast_path(c, dev)
-        return {"amp": c.amp, "bf16": amp_on, "channels_last_setting": c.channels_last, "channels_last": layout}
-
     result = {"model": model, "dataset_shape": list(info.shape), "batch_size": cfg.batch_size, "steps": steps,
               "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
               "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
-              "threads": torch.get_num_threads(), "compile": compile, **settings(cfg),
+              "threads": torch.get_num_threads(), "compile": compile, **_settings(cfg, dev),
               "images_per_s": rate["ours"], "peak_memory_mb": round(peak["ours"], 1),
               "reference": {"images_per_s": rate["plain"], "peak_memory_mb": round(peak["plain"], 1)},
               "speedup": round(rate["ours"] / rate["plain"], 3)}
     if vs:
-        result["vs"] = {k: {**settings(configs[k]), "images_per_s": rate[k], "speedup": round(rate[k] / rate["plain"], 3)}
+        result["vs"] = {k: {**_settings(configs[k], dev), "images_per_s": rate[k], "speedup": round(rate[k] / rate["plain"], 3)}
                         for k in vs}
     return result

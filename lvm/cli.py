@@ -1,6 +1,7 @@
 """The `lvm` command. Thin: it parses arguments and calls library functions; no math lives here,
 and no model is named here: every model-specific choice is a field of the model's config (`-o`).
-Every error a user can cause ends in one line on stderr and exit status 2, never a traceback.
+Every error a user can cause ends in one line on stderr and exit status 2, never a traceback;
+the settings the engine's messages name are written as the flags that set them (`FLAGS`).
 torch is imported only by the commands that need it, so `lvm --help` answers at once."""
 
 from __future__ import annotations
@@ -10,16 +11,43 @@ import shlex
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import click
 
-from lvm.engine.errors import Interrupted, UserError
+from lvm.engine.errors import Advice, Interrupted, UserError, plain
 
 # Commands defined elsewhere, imported only when run: name -> (module, attribute, one-line help).
 LAZY = {"grade": ("lvm.homework.grade", "grade",
                   "Check the question functions of a homework notebook or .py file against the course's contracts."),
         "eval": ("lvm.evaluation", "command", "Evaluate a trained model: nll (IWAE), bits/dim, fd, precision, recall.")}
+
+
+# The flag that sets each setting the engine's messages name (`lvm.engine.errors`); a field of a
+# model's config is set with `-o FIELD=VALUE`.
+FLAGS = {"dataset": "--dataset", "out": "--out", "data_dir": "--data-dir", "train_limit": "--train-limit",
+         "test_limit": "--test-limit", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+         "seed": "--seed", "device": "--device", "amp": "--amp", "resume": "--resume", "overwrite": "--overwrite",
+         "temperature": "--temperature", "config": "-o"}
+
+
+def flag(setting: str) -> str:
+    """How the user sets `setting` here: `--train-limit`, `-o num_codes` (for `config.num_codes`)."""
+    if setting.startswith("config."):
+        return f"-o {plain(setting)}"
+    return FLAGS.get(setting, plain(setting))
+
+
+_python_show_warning = warnings.showwarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Advice is one `warning:` line, its settings named as flags; other warnings as Python shows them."""
+    if isinstance(message, Advice):
+        click.echo(f"warning: {message.phrased(flag)}", err=True)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
 
 
 class Group(click.Group):
@@ -48,7 +76,10 @@ class Group(click.Group):
             # instead of the process dying silently with half a file
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with warnings.catch_warnings():
+                warnings.simplefilter("always", Advice)
+                warnings.showwarning = _show_warning
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.UsageError as e:
             hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
             click.echo(f"Error: {e.format_message()}{hint}", err=True)
@@ -57,7 +88,7 @@ class Group(click.Group):
             e.show()
             sys.exit(e.exit_code)
         except UserError as e:
-            click.echo(f"Error: {e}", err=True)
+            click.echo(f"Error: {e.phrased(flag)}", err=True)
             sys.exit(2)
         except Interrupted as e:
             click.echo(f"\n{e}", err=True)
@@ -148,8 +179,8 @@ def run(model, dataset, overrides, epochs, batch_size, lr, seed, device, amp, da
     spec = registry.get(model)
     settings = configs.parse_overrides(spec.config, overrides, fixed=tuple(spec.from_data))
     try:
-        metrics = pipeline.run(
-            model, dataset, out=out, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit,
+        metrics = pipeline.train_row(
+            spec, dataset, out=out, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit,
             resume=resume, overwrite=overwrite, download=download, overrides=settings,
             epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, amp=amp,
         )
@@ -208,7 +239,7 @@ def table(dataset, figures, device, seed, data_dir, epochs, overrides, train_lim
     from lvm import table as tbl
 
     try:
-        tbl.run(dataset, figures=figures, data_dir=data_dir, download=download, device=device, seed=seed,
+        tbl.train_rows(dataset, figures=figures, data_dir=data_dir, download=download, device=device, seed=seed,
                 epochs=epochs, overrides=overrides, train_limit=train_limit, test_limit=test_limit,
                 resume=resume, overwrite=overwrite, echo=click.echo)
     except Interrupted as e:
@@ -275,9 +306,11 @@ checkpoint_option = click.option(
               help="Sharpen (<1) or flatten (>1) an autoregressive model's distributions.")
 def sample(checkpoint, count, out, seed, temperature):
     """Draw samples from a trained model."""
+    from lvm import read_trained
     from lvm.engine import pipeline
 
-    click.echo(f"wrote {pipeline.sample_to_file(checkpoint, count, out, seed, temperature)}")
+    spec, state = read_trained(checkpoint)
+    click.echo(f"wrote {pipeline.sample_to_file(spec, checkpoint, count, out, seed, temperature, state=state)}")
 
 
 @cli.command()
@@ -290,9 +323,11 @@ def sample(checkpoint, count, out, seed, temperature):
 @download_option
 def reconstruct(checkpoint, dataset, count, out, data_dir, download):
     """Reconstruct test images with a trained model: originals beside reconstructions."""
+    from lvm import read_trained
     from lvm.engine import pipeline
 
-    click.echo(f"wrote {pipeline.reconstruct_to_file(checkpoint, out, count, dataset, data_dir, download)}")
+    spec, state = read_trained(checkpoint)
+    click.echo(f"wrote {pipeline.reconstruct_to_file(spec, checkpoint, out, count, dataset, data_dir, download, state=state)}")
 
 
 @cli.command()

@@ -13,7 +13,7 @@ from typing import Any
 import click
 import torch
 
-from lvm import registry
+from lvm import read_trained, registry
 from lvm.engine import data as datasets
 from lvm.engine import quality
 from lvm.engine.evaluate import evaluate, summary
@@ -39,8 +39,8 @@ def evaluate_checkpoint(checkpoint: str | Path, *, k: int | None = None, samples
     write the numbers to `json_path` (default: eval.json beside the checkpoint) and return them
     with "line", the one results line, and "json", where they went."""
     checkpoint = Path(checkpoint)
-    model, meta = load_model(checkpoint)
-    spec = registry.get(meta["model"])
+    spec, state = read_trained(checkpoint)
+    model, meta = load_model(spec, checkpoint, state=state)
     dev = resolve_device(device or "auto")
     model.to(dev)
     dataset = meta["data"]["name"]

@@ -17,15 +17,21 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 
 def collect(figures: Path, warn: Callable[[str], None] | None = None) -> list[dict]:
-    """Every `FIGURES/*/*/metrics.json`, each with the folder it came from. A metrics.json is
-    input we do not trust (anyone may have edited it): one that is not what `lvm run` writes is
-    skipped, with one line through `warn` naming it and why; strings are escaped for markdown."""
+    """Every `FIGURES/MODEL/*/metrics.json` whose MODEL folder is named after a registered model
+    (`lvm list`), each with the folder it came from; other folders of FIGURES (evaluations,
+    benchmarks: `figures/eval/MODEL-DATASET`) hold no rows, whatever their shape. A
+    metrics.json is input we do not trust (anyone may have edited it): one that is not what
+    `lvm run` writes is skipped, with one line through `warn` naming it and why; strings are
+    escaped for markdown."""
+    from lvm import registry
+
     warn = warn or (lambda line: print(line, file=sys.stderr))
     figures = Path(figures)
     if not figures.is_dir():
         raise UserError(f"no folder {figures}: give --figures the folder that holds MODEL/DATASET/metrics.json")
+    models = set(registry.names())
     runs = []
-    for path in sorted(figures.glob("*/*/metrics.json")):
+    for path in sorted(p for p in figures.glob("*/*/metrics.json") if p.parent.parent.name in models):
         try:
             m = _checked(json.loads(path.read_text()))
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:

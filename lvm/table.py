@@ -9,7 +9,7 @@ model:
   Stages the variant does not change (those before the first stage that owns a changed field)
   are not trained again: the row takes them, finished, from the plain row's checkpoint.
 
-Each row is `lvm.engine.pipeline.run`, what `lvm run` does, with the model's default budget
+Each row is `lvm.engine.pipeline.train_row`, what `lvm run` does, with the model's default budget
 unless the caller overrides it (tiny budgets for tests). `--resume` resumes every row from its
 own checkpoint: a finished row loads its weights, trains no further and only redraws its figures.
 """
@@ -110,10 +110,10 @@ def check_rows(rows: list[Row], specs: dict[str, ModelSpec], settings: dict[str,
             config = pipeline.make_config(spec, infos[row.dataset], {**settings[row.model], **row.changes})
             pipeline.check_budget(spec, config, replace(spec.train, **{k: v for k, v in budget.items() if v is not None}))
         except UserError as e:
-            raise UserError(f"{row.label()}: {e}") from None
+            raise UserError(f"{row.label()}: {e.template()}") from None
 
 
-def run(
+def train_rows(
     dataset: str,
     *,
     figures: str | Path = "figures",
@@ -145,27 +145,12 @@ def run(
         raise UserError(f"-o {unused[0]}: no model of this table has that field")
     check_rows(rows, specs, settings, data_dir, download, epochs=epochs, seed=seed, device=device)
     figures = Path(figures)
-
     done = []
     for i, row in enumerate(rows, 1):
         echo(f"[{i}/{len(rows)}] {row.label()} ...")
-        out = figures / row.model / row.folder
-        t = time.perf_counter()
-        reuse = figures / row.model / row.shares / "checkpoint.pt" if row.shares else None
-        metrics = pipeline.run(
-            row.model, row.dataset, out=out, data_dir=data_dir, train_limit=train_limit, test_limit=test_limit,
-            resume=resume and (out / "checkpoint.pt").exists(), overwrite=overwrite, download=download,
-            overrides={**settings[row.model], **row.changes},
-            reuse=reuse, epochs=epochs, seed=seed, device=device,
-        )
-        seconds = time.perf_counter() - t
-        echo(f"{pipeline.final_line(specs[row.model], metrics['test'], metrics['config']['model'])}  ({seconds:.1f} s, {out}/)")
-        done.append({
-            "model": row.model, "dataset": row.dataset, "out": str(out), "variant": row.variant,
-            "reused": {s: str(figures / row.model / row.shares) for s in row.stages} if row.shares else {},
-            "seconds": round(seconds, 2), "test": metrics["test"], "eval": metrics.get("eval", {}),
-        })
-
+        done.append(_train(row, specs[row.model], figures, echo, data_dir=data_dir, train_limit=train_limit,
+                           test_limit=test_limit, resume=resume, overwrite=overwrite, download=download,
+                           overrides={**settings[row.model], **row.changes}, epochs=epochs, seed=seed, device=device))
     total = time.perf_counter() - start
     summary = {
         "dataset": dataset,
@@ -180,3 +165,21 @@ def run(
     pipeline.write_json(path, summary)
     echo(f"total {total:.1f} s for {len(done)} rows on {summary['device']}; wrote {path}")
     return summary
+
+
+def _train(row: Row, spec: ModelSpec, figures: Path, echo: Callable[[str], None], *, resume: bool,
+           **settings: Any) -> dict[str, Any]:
+    """Train one row into FIGURES/MODEL/FOLDER (`lvm.engine.pipeline.train_row` with `settings`),
+    say its final numbers, and return its entry of the table's JSON."""
+    out = figures / row.model / row.folder
+    t = time.perf_counter()
+    reuse = figures / row.model / row.shares / "checkpoint.pt" if row.shares else None
+    metrics = pipeline.train_row(spec, row.dataset, out=out, resume=resume and (out / "checkpoint.pt").exists(),
+                                 reuse=reuse, **settings)
+    seconds = time.perf_counter() - t
+    echo(f"{pipeline.final_line(spec, metrics['test'], metrics['config']['model'])}  ({seconds:.1f} s, {out}/)")
+    return {
+        "model": row.model, "dataset": row.dataset, "out": str(out), "variant": row.variant,
+        "reused": {s: str(figures / row.model / row.shares) for s in row.stages} if row.shares else {},
+        "seconds": round(seconds, 2), "test": metrics["test"], "eval": metrics.get("eval", {}),
+    }

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -162,6 +163,17 @@ def test_report_prints_the_table_and_writes_readme_only_when_told(tmp_path):
     assert "old" not in text and "| vae2d |" in text and "4.4213" in text and text.endswith("outtro\n")
 
 
+def test_report_reads_rows_only_under_folders_named_after_models(tmp_path):
+    """figures/eval/vae2d-gaussians-a1 is shaped like FIGURES/MODEL/DATASET but holds an
+    evaluation, not a row: only a registered model's folder holds rows."""
+    metrics = (Path(__file__).parents[1] / "figures/vae2d/gaussians-a1/metrics.json").read_text()
+    for folder in ("vae2d/gaussians-a1", "eval/vae2d-gaussians-a1"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "metrics.json").write_text(metrics)
+    runs = report.collect(tmp_path)
+    assert [Path(m["folder"]).name for m in runs] == ["gaussians-a1"]
+
+
 def test_show_lists_every_config_field():
     r = invoke("show", "vqvae")
     assert r.exit_code == 0, r.output
@@ -176,7 +188,7 @@ def test_config_fields_reach_the_model(tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["config"]["model"]["hidden"] == [8, 8] and m["config"]["model"]["latent_dim"] == 3
-    from lvm.engine.pipeline import load_model
+    from lvm import load_model
 
     model, _ = load_model(tmp_path / "checkpoint.pt")
     assert model.encoder[0].out_features == 8 and model.cfg.latent_dim == 3 and model.scale.ne(1).all()

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import lvm
+from lvm import registry
 from lvm.engine import data as datasets
 from lvm.engine import pipeline as experiment
 from lvm.blocks.masked import MaskedConv2d
@@ -224,8 +226,8 @@ def test_training_lowers_test_nll_on_real_data(kind):
 @pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not on disk")
 def test_run_writes_samples_and_metrics(tmp_path):
     options = {"gated": True, "channels": 8, "layers": 2, "embed_dim": 4, "head_channels": 8}
-    metrics = experiment.run("pixelcnn", "fashion-mnist-binary", out=tmp_path, epochs=1, train_limit=256,
-                             test_limit=128, download=False, overrides=options, batch_size=64)
+    metrics = experiment.train_row(registry.get("pixelcnn"), "fashion-mnist-binary", out=tmp_path, epochs=1,
+                                   train_limit=256, test_limit=128, download=False, overrides=options, batch_size=64)
     for name in ("samples.png", "train_plot.png", "metrics.json", "checkpoint.pt", "history.json"):
         assert (tmp_path / name).is_file(), name
     saved = json.loads((tmp_path / "metrics.json").read_text())
@@ -233,7 +235,7 @@ def test_run_writes_samples_and_metrics(tmp_path):
     assert saved["config"]["model"]["gated"] is True and saved["config"]["model"]["channels"] == 8
     assert saved["sample_seconds"] > 0
     # the checkpoint alone rebuilds the model, with the test NLL it was scored with
-    model, _ = experiment.load_model(tmp_path / "checkpoint.pt")
+    model, _ = lvm.load_model(tmp_path / "checkpoint.pt")
     test = datasets.load("fashion-mnist-binary", test_limit=128, train_limit=1, download=False).test
     with torch.no_grad():
         assert abs(model.loss(test)["loss"].item() - saved["test"]["nll"]) < 1e-4

@@ -590,8 +590,8 @@ def test_config_check_applies_ranges_to_each_item_and_rules_between_fields():
 
     configs.check(Toy())
     configs.check(Toy(rate=None, widths=(1, 64)))
-    for bad, said in [(Toy(kernel=4), "-o kernel=4: must be odd"), (Toy(kernel=11), "must be at most 9"),
-                      (Toy(widths=(4, 0)), "-o widths=4,0: each value must be at least 1"),
+    for bad, said in [(Toy(kernel=4), "^kernel=4: must be odd"), (Toy(kernel=11), "must be at most 9"),
+                      (Toy(widths=(4, 0)), "^widths=4,0: each value must be at least 1"),
                       (Toy(widths=()), "give at least one value"), (Toy(rate=1.0), "must be below 1"),
                       (Toy(rate=float("nan")), "must be a finite number"),
                       (Toy(kernel=9, widths=(4,)), "Toy: kernel must fit the widths")]:

@@ -115,7 +115,7 @@ def test_ctrl_c_tells_how_to_resume(tmp_path, monkeypatch):
     def interrupted(model, *args, **kwargs):
         raise Interrupted(f"interrupted at epoch 1, step 3; saved {kwargs['out']}/checkpoint.pt")
 
-    monkeypatch.setattr(pipeline, "run", interrupted)
+    monkeypatch.setattr(pipeline, "train_row", interrupted)
     r = CliRunner().invoke(cli, ["table", "--dataset", "gaussians-a1", "--figures", str(tmp_path)])
     assert r.exit_code == 130
     assert "interrupted at epoch 1" in r.output

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lvm.engine.errors import UserError
-from lvm.engine.pipeline import load_model
+from lvm import load_model, registry
+from lvm.cli import flag
 from lvm.engine.checkpoint import load as load_checkpoint
 from lvm.engine.checkpoint import stage_state
 from lvm.engine.train import Diverged, Interrupted, TrainConfig, evaluate, fit
@@ -103,15 +104,17 @@ def test_resume_refuses_another_models_checkpoint(tmp_path):
     cfg = TrainConfig(epochs=2, batch_size=32, lr=1e-2, device="cpu", lr_schedule="cosine")
     with pytest.raises(UserError, match="it was trained with m=1, this run asks for 2"):
         fit(model, data, data, cfg, checkpoint=tmp_path / "ck.pt", resume=True, meta={"m": 2})
-    with pytest.raises(UserError, match="it was trained with --lr 0.01, this run asks for 0.001"):
+    with pytest.raises(UserError, match="it was trained with lr 0.01, this run asks for 0.001") as refused:
         fit(model, data, data, replace(cfg, lr=1e-3), checkpoint=tmp_path / "ck.pt", resume=True, meta={"m": 1})
+    # the engine names the setting; the command line names it as the flag the user typed
+    assert "it was trained with --lr 0.01" in refused.value.phrased(flag)
 
 
 def test_resume_extends_a_run_with_more_epochs_and_refuses_fewer(tmp_path):
     _, first = _vae_run(tmp_path, epochs=2)
     _, longer = _vae_run(tmp_path, epochs=3, resume=True)
     assert len(longer.test["loss"]) == 4 and longer.test["loss"][:3] == first.test["loss"]
-    with pytest.raises(UserError, match="it has trained 3 epochs already, more than --epochs 2"):
+    with pytest.raises(UserError, match="it has trained 3 epochs already, more than epochs 2"):
         _vae_run(tmp_path, epochs=2, resume=True)
 
 
@@ -167,7 +170,7 @@ def test_corrupt_checkpoint_is_one_clear_error(tmp_path):
 def test_checkpoint_round_trips_through_load_model(tmp_path):
     from lvm.engine import pipeline as experiment
 
-    experiment.run("vae2d", "gaussians-b1", out=tmp_path, epochs=1, train_limit=256, test_limit=64, device="cpu")
+    experiment.train_row(registry.get("vae2d"), "gaussians-b1", out=tmp_path, epochs=1, train_limit=256, test_limit=64, device="cpu")
     model, meta = load_model(tmp_path / "checkpoint.pt")
     assert meta["model"] == "vae2d" and meta["data"]["name"] == "gaussians-b1"
     state = stage_state(tmp_path / "checkpoint.pt")

@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import lvm
 import lvm.vqvae
+from lvm import registry
 from lvm.blocks.scaling import to_unit
 from lvm.engine import data as datasets
 from lvm.engine import pipeline as experiment
@@ -210,7 +212,7 @@ def stand_in_prior(monkeypatch):
 
 def test_full_run_writes_every_file_and_resumes(tmp_path: Path, stand_in_prior):
     kw = dict(out=tmp_path, train_limit=64, test_limit=60, download=False, epochs=1, batch_size=32)
-    metrics = experiment.run("vqvae", "shapes", overrides={"prior_epochs": 2, "prior": "gated"}, **kw)
+    metrics = experiment.train_row(registry.get("vqvae"), "shapes", overrides={"prior_epochs": 2, "prior": "gated"}, **kw)
     for f in ("checkpoint.pt", "vqvae_history.json", "vqvae_train_plot.png", "prior_history.json",
               "prior_train_plot.png", "samples.png", "reconstructions.png", "codes.png", "metrics.json"):
         assert (tmp_path / f).is_file(), f
@@ -226,12 +228,12 @@ def test_full_run_writes_every_file_and_resumes(tmp_path: Path, stand_in_prior):
     assert json.loads((tmp_path / "prior_history.json").read_text())["test"]["loss"][0] == pytest.approx(math.log(128))
 
     # The one checkpoint rebuilds both stages.
-    model, meta = experiment.load_model(tmp_path / "checkpoint.pt")
+    model, meta = lvm.load_model(tmp_path / "checkpoint.pt")
     assert isinstance(model.vqvae, VQVAE) and isinstance(model.prior, StandInPrior) and meta["model"] == "vqvae"
     assert model.sample(3).shape == (3, 3, 32, 32)
 
     # Resuming finished stages trains nothing more and gives the same numbers.
-    again = experiment.run("vqvae", "shapes", resume=True, overrides={"prior_epochs": 2, "prior": "gated"}, **kw)
+    again = experiment.train_row(registry.get("vqvae"), "shapes", resume=True, overrides={"prior_epochs": 2, "prior": "gated"}, **kw)
     for k in ("loss", "recon_loss", "vq_loss", "prior_nll", "codes_used"):
         assert again["test"][k] == pytest.approx(test[k], rel=1e-5)
     history = json.loads((tmp_path / "prior_history.json").read_text())

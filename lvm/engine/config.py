@@ -22,7 +22,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
-from lvm.engine.errors import UserError
+from lvm.engine.errors import UserError, setting
 
 
 @dataclass(frozen=True)
@@ -137,11 +137,11 @@ def check(config: Any, fixed: tuple[str, ...] = ()) -> None:
         value = getattr(config, f.name)
         items = value if isinstance(value, tuple) else (value,)
         if isinstance(value, tuple) and not value and typing.get_args(f.type)[-1:] == (Ellipsis,):
-            raise UserError(f"-o {f.name}=: give at least one value ({f.name} is {f.type_name()})")
+            raise UserError(f"{setting('config.' + f.name)}=: give at least one value ({f.name} is {f.type_name()})")
         problem = next((p for p in map(f.range.problem, items) if p), None) if f.range else None
         if problem:
             shown = ",".join(map(str, items)) if isinstance(value, tuple) else value
-            where = f"{f.name} (set from the data)" if f.name in fixed else f"-o {f.name}={shown}"
+            where = f"{f.name} (set from the data)" if f.name in fixed else f"{setting('config.' + f.name)}={shown}"
             each = "each value " if isinstance(value, tuple) else ""
             raise UserError(f"{where}: {each}{problem} ({f.name} is {f.type_name()})")
     for rule in getattr(type(config), "RULES", ()):
@@ -212,7 +212,7 @@ def parse_overrides(cls: type, pairs: list[str] | tuple[str, ...], fixed: tuple[
         name, sep, text = pair.partition("=")
         name = name.strip().replace("-", "_")
         if not sep or not name:
-            raise UserError(f"-o takes FIELD=VALUE, got '{pair}'; fields: {', '.join(settable)}")
+            raise UserError(f"{{config}} takes FIELD=VALUE, got '{pair}'; fields: {', '.join(settable)}")
         if name not in known:
             raise UserError(f"no field '{name}' in {cls.__name__}; fields: {', '.join(settable)}")
         if name in fixed:
@@ -220,7 +220,7 @@ def parse_overrides(cls: type, pairs: list[str] | tuple[str, ...], fixed: tuple[
         try:
             out[name] = parse_value(known[name], text)
         except ValueError as e:
-            raise UserError(f"-o {name}={text}: {e} ({name} is {known[name].type_name()})") from None
+            raise UserError(f"{setting('config.' + name)}={text}: {e} ({name} is {known[name].type_name()})") from None
     return out
 
 

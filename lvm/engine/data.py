@@ -1,4 +1,4 @@
-"""Datasets: one registry, every dataset held in memory as a tensor and batched by index.
+"""Datasets: one table of them (DATASETS), every dataset held in memory as a tensor and batched by index.
 
 Images are uint8 tensors of shape (N, C, 32, 32), values 0..255 (28 x 28 ones zero-padded); the
 binarised variants are 0/1 at their own size (the course's 28 x 28); the course's 2-D Gaussians
@@ -135,7 +135,7 @@ def _shapes(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
-# ----------------------------------------------------------------------------- the registry
+# ----------------------------------------------------------------------------- the table of datasets
 
 
 @dataclass(frozen=True)
@@ -207,12 +207,12 @@ def load(
 ) -> Data:
     """Load a dataset by name; raises `UserError` (one readable line) when it cannot."""
     src = source(name)
-    for flag, value in (("--train-limit", train_limit), ("--test-limit", test_limit)):
+    for flag, value in (("{train_limit}", train_limit), ("{test_limit}", test_limit)):
         if value is not None and value < 1:
             raise UserError(f"{flag} must be at least 1, got {value}")
     root = data_root(data_dir)
     if data_dir and not root.is_dir() and not src.builtin:
-        raise UserError(f"--data-dir {root} is not a folder")
+        raise UserError(f"{{data_dir}} {root} is not a folder")
     train, test = src.store.read(root, download)
     if src.kind == "points":
         import torch

@@ -130,7 +130,7 @@ def claim(out: Path) -> Iterator[None]:
             holder = "another process"
         if holder:
             os.close(fd)
-            raise UserError(f"{out} is in use by another lvm run ({holder}); wait for it, or choose another --out")
+            raise UserError(f"{out} is in use by another lvm run ({holder}); wait for it, or choose another {{out}}")
         try:  # the folder we locked is still the one at `out` (a failed run may have removed it meanwhile)
             if os.path.samestat(os.fstat(fd), os.stat(out)):
                 break

@@ -1,7 +1,8 @@
 """What `lvm run` does for every model, read from the model's spec (`lvm.engine.spec`): load the
 data, build the config, train each stage with the one trainer, let the model draw its figures,
 and write `metrics.json` beside the run's one checkpoint. Also: rebuilding a trained model from
-its checkpoint in one call (`load_model`), and `lvm sample` / `lvm reconstruct` on it.
+its checkpoint (`load_model`), and `lvm sample` / `lvm reconstruct` on it. The caller names the
+model by its spec, having looked its name up: the engine looks up no model.
 
 A run folder belongs to one run. Running again into a folder that holds a run is refused unless
 `--resume` (continue it) or `--overwrite` (start it again) says which; two processes never write
@@ -20,10 +21,10 @@ import platform
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -32,14 +33,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from lvm import registry
 from lvm.blocks.scaling import picture
 from lvm.engine import config as configs
 from lvm.engine import data as datasets
 from lvm.engine import files
 from lvm.engine.checkpoint import RunFile, load
 from lvm.engine.data import Data, DataInfo
-from lvm.engine.errors import Interrupted, UserError
+from lvm.engine.errors import Advice, Interrupted, UserError
 from lvm.engine.evaluate import at_end_of_run
 from lvm.engine.plotting import png_path, plot_training, save_image_grid, save_reconstructions, save_scatter
 from lvm.engine.spec import ModelSpec
@@ -204,10 +204,10 @@ def _check_folder(out: Path, resume: bool, overwrite: bool) -> None:
     one it holds: never over a run by accident."""
     held = _run_state(out)
     if resume and not (out / "checkpoint.pt").exists():
-        raise UserError(f"no checkpoint in {out} to resume; run without --resume to start there")
+        raise UserError(f"no checkpoint in {out} to resume; run without {{resume}} to start there")
     if held and not (resume or overwrite):
-        raise UserError(f"{out} holds {held} already; --resume continues it, --overwrite starts it again, "
-                        "or choose another --out")
+        raise UserError(f"{out} holds {held} already; {{resume}} continues it, {{overwrite}} starts it again, "
+                        "or choose another {out}")
 
 
 def _check_resume(spec: ModelSpec, config: Any, data: Data, cfg: TrainConfig, file: RunFile) -> None:
@@ -219,7 +219,7 @@ def _check_resume(spec: ModelSpec, config: Any, data: Data, cfg: TrainConfig, fi
     if theirs != spec.name or not set(stages) <= set(mine):
         raise UserError(f"cannot resume {file.path}: it holds a {theirs or 'unknown'} run (stages "
                         f"{', '.join(stages) or 'none'}), this run is {spec.name} (stages {', '.join(mine)}); "
-                        "choose another --out, or --overwrite to start it again")
+                        "choose another {out}, or {overwrite} to start it again")
     for i, stage in enumerate(spec.stages):
         state, scfg = file.stages.get(stage.name), stage_train_config(stage, config, cfg)
         if not isinstance(state, dict):
@@ -255,8 +255,30 @@ def _stops_cleanly(out: Path, what: dict[str, str]) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def run(
-    model: str,
+@dataclass
+class RunPlan:
+    """One run of `spec`, everything it is decided from, checked before its folder is touched."""
+
+    spec: ModelSpec
+    dataset: str
+    config: Any
+    data: Data
+    cfg: TrainConfig
+    device: torch.device
+    variant: str | None
+    out: Path
+    meta: dict[str, Any]  # what the checkpoint says it holds
+    limits: tuple[int | None, int | None]  # --train-limit, --test-limit as given
+    resume: bool = False
+    reuse: Path | None = None
+
+    @property
+    def title(self) -> str:
+        return f"{self.spec.name}{f' ({self.variant})' if self.variant else ''} on {self.dataset}"
+
+
+def train_row(
+    spec: ModelSpec,
     dataset: str | None = None,
     *,
     out: str | Path | None = None,
@@ -270,108 +292,140 @@ def run(
     reuse: str | Path | None = None,
     **train_overrides: Any,
 ) -> dict[str, Any]:
-    """Train `model` on `dataset` with its default budget changed by `train_overrides`
-    (TrainConfig fields) and its config by `overrides`, write its figures, checkpoint and
-    `metrics.json` to `out` (default runs/MODEL/DATASET), and return the metrics.
+    """Train the model `spec` declares on `dataset` with its default budget changed by
+    `train_overrides` (TrainConfig fields) and its config by `overrides`, write its figures,
+    checkpoint and `metrics.json` to `out` (default runs/MODEL/DATASET), and return the metrics.
 
     `reuse`: another run's checkpoint whose finished stages this run may take as they are where
     they were trained from the same settings (`lvm table`'s variants share the VQ-VAE)."""
     if resume and overwrite:
-        raise UserError("--resume continues a run and --overwrite starts it again: give one of them")
-    spec = registry.get(model)
-    dataset = dataset or spec.default_dataset
+        raise UserError("{resume} continues a run and {overwrite} starts it again: give one of them")
+    row = _plan(spec, dataset or spec.default_dataset, out, data_dir, (train_limit, test_limit), download,
+                    overrides, train_overrides, resume, reuse)
+    rank, size = world()
+    if rank != 0:  # under torchrun the other processes train alongside; process 0 alone writes
+        _check_folder(row.out, resume, overwrite)
+        _train_alongside(row, rank)
+        return {}
+    doing = {"now": "training"}
+    with files.claim(row.out), _stops_cleanly(row.out, doing):  # checked while holding the folder: another run may have just finished there
+        trained, seconds, code = _train_into(row, row.out, _open_folder(row, overwrite))
+        doing["now"] = "drawing the figures (training had finished)"
+        extra = _draw(row, trained)
+        doing["now"] = "evaluating (training had finished)"
+        extra["eval"] = at_end_of_run(trained.model, row.data, spec.evaluation, full_run=train_limit is None,
+                                      data_dir=data_dir, device=row.device)
+        metrics = _metrics(row, trained, seconds, code, size, extra)
+        doing["now"] = "writing metrics.json (training had finished)"
+        write_json(row.out / "metrics.json", metrics)
+    return {**metrics, "out": str(row.out)}
+
+
+def _plan(spec: ModelSpec, dataset: str, out: str | Path | None, data_dir: str | Path | None,
+              limits: tuple[int | None, int | None], download: bool, overrides: dict[str, Any] | None,
+              train_overrides: dict[str, Any], resume: bool, reuse: str | Path | None) -> RunPlan:
+    """Every setting of a run, checked in turn (the dataset, the budget, the device, the data, the
+    config's ranges, every stage's budget) before anything is written."""
     src = datasets.source(dataset)
     if src.kind not in spec.kinds:
         fits = [n for n, s in datasets.DATASETS.items() if s.kind in spec.kinds]
-        raise UserError(f"model '{model}' does not train on '{dataset}'; choose one of: {', '.join(fits)}")
+        raise UserError(f"model '{spec.name}' does not train on '{dataset}'; choose one of: {', '.join(fits)}")
     cfg = replace(spec.train, **{k: v for k, v in train_overrides.items() if v is not None})
     cfg.validate()
     init_distributed(cfg.device)  # a no-op unless started by torchrun
     device = resolve_device(cfg.device)
     if cfg.amp == "on" and device.type == "cpu" and not cpu_has_bf16():
-        print("warning: --amp on: this CPU has no bf16 units (no avx512_bf16 or amx_bf16), so bf16 is emulated "
-              "and training runs several times slower than in float32; --amp auto picks float32 here",
-              file=sys.stderr, flush=True)
-    data = datasets.load(dataset, data_dir, train_limit, test_limit, download=download)
+        warnings.warn(Advice("{amp} on: this CPU has no bf16 units (no avx512_bf16 or amx_bf16), so bf16 is emulated "
+                             "and training runs several times slower than in float32; {amp} auto picks float32 here"),
+                      stacklevel=3)
+    data = datasets.load(dataset, data_dir, *limits, download=download)
     config = make_config(spec, data.info, overrides)  # every value checked before anything is touched
     check_budget(spec, config, cfg)
     variant = variant_of(spec, config)
-    out = Path(out) if out else RUNS / model / (dataset + (f"-{variant}" if variant else ""))
-    checkpoint = out / "checkpoint.pt"
-    rank, size = world()
+    out = Path(out) if out else RUNS / spec.name / (dataset + (f"-{variant}" if variant else ""))
     meta = {"model": spec.name, "variant": variant, "config": configs.to_dict(config),
             "data": configs.json_ready(asdict(data.info))}
+    return RunPlan(spec, dataset, config, data, cfg, device, variant, out, meta, limits, resume,
+               Path(reuse) if reuse is not None else None)
 
-    def train_into(folder: Path, file: RunFile | None = None) -> tuple[Trained, float, str | None]:
-        start, code = time.perf_counter(), code_version()
-        file = file or (RunFile.read(checkpoint) if resume else RunFile(folder / "checkpoint.pt", meta))
-        file.path, file.meta = folder / "checkpoint.pt", meta
-        if reuse is not None and not resume:
-            _take_finished_stages(spec, config, data, cfg, file, Path(reuse))
-        torch.manual_seed(cfg.seed)  # the model's initial weights come from --seed too
-        trained = fit_stages(spec, config, data, cfg, file=file, resume=resume or reuse is not None)
-        return trained, time.perf_counter() - start, code
 
-    if rank != 0:  # under torchrun the other processes train alongside; process 0 alone writes
-        _check_folder(out, resume, overwrite)
-        scratch = Path(tempfile.mkdtemp(prefix=f"lvm-rank{rank}-"))
-        try:
-            train_into(scratch)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        return {}
+def _open_folder(row: RunPlan, overwrite: bool) -> RunFile | None:
+    """Check the folder (and a resume against it) and, every check passed, clear it for an
+    overwrite. Returns the checkpoint a resume continues."""
+    _check_folder(row.out, row.resume, overwrite)
+    file = RunFile.read(row.out / "checkpoint.pt") if row.resume else None
+    if file is not None:
+        _check_resume(row.spec, row.config, row.data, row.cfg, file)
+    if overwrite:  # only now, every check passed
+        for name in ("metrics.json", "checkpoint.pt"):
+            (row.out / name).unlink(missing_ok=True)
+    return file
 
-    doing = {"now": "training"}
-    with files.claim(out), _stops_cleanly(out, doing):  # checked while holding the folder: another run may have just finished there
-        _check_folder(out, resume, overwrite)
-        file = RunFile.read(checkpoint) if resume else None
-        if file is not None:
-            _check_resume(spec, config, data, cfg, file)
-        if overwrite:  # only now, every check passed
-            for name in ("metrics.json", "checkpoint.pt"):
-                (out / name).unlink(missing_ok=True)
-        trained, seconds, code = train_into(out, file)
-        doing["now"] = "drawing the figures (training had finished)"
-        title = f"{model}{f' ({variant})' if variant else ''} on {dataset}"
-        for stage in spec.stages:
-            prefix = f"{stage.name}_" if len(spec.stages) > 1 else ""
-            history = trained.histories[stage.name]
-            write_json(out / f"{prefix}history.json", asdict(history))
-            plot_training(history.train, history.test, out / f"{prefix}train_plot.png",
-                          title=title + (f": {stage.name}" if prefix else ""),
-                          labels={t.key: f"{t.label} ({t.unit})" for t in stage.terms}, note=stage.note)
-        torch.manual_seed(cfg.seed)
-        extra = spec.figures(trained.model, data, out, title) if spec.figures else {}
-        doing["now"] = "evaluating (training had finished)"
-        extra["eval"] = at_end_of_run(trained.model, data, spec.evaluation, full_run=train_limit is None,
-                                      data_dir=data_dir, device=device)
-        metrics = {
-            "model": model,
-            "dataset": dataset,
-            "variant": variant,
-            "config": {
-                "model": configs.to_dict(config),
-                "train": asdict(cfg),
-                "train_limit": train_limit,
-                "test_limit": test_limit,
-                "train_size": len(data.train),
-                "test_size": len(data.test),
-            },
-            "device": describe_device(device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
-            "precision": "bf16" if fast_path(cfg, device)[0] else "float32",  # of the training steps
-            "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
-            "torch": torch.__version__,
-            "code": code,
-            "epochs": cfg.epochs,
-            "stage_epochs": {s.name: stage_train_config(s, config, cfg).epochs for s in spec.stages},
-            "seconds": round(seconds, 1),
-            "resumed": resume,
-            "test": final_numbers(spec, trained, data),
-            **extra,
-        }
-        doing["now"] = "writing metrics.json (training had finished)"
-        write_json(out / "metrics.json", metrics)
-    return {**metrics, "out": str(out)}
+
+def _train_into(row: RunPlan, folder: Path, file: RunFile | None = None) -> tuple[Trained, float, str | None]:
+    """Train every stage with its checkpoint in `folder`: (what trained, seconds, code version)."""
+    start, code = time.perf_counter(), code_version()
+    file = file or (RunFile.read(row.out / "checkpoint.pt") if row.resume else RunFile(folder / "checkpoint.pt", row.meta))
+    file.path, file.meta = folder / "checkpoint.pt", row.meta
+    if row.reuse is not None and not row.resume:
+        _take_finished_stages(row.spec, row.config, row.data, row.cfg, file, row.reuse)
+    torch.manual_seed(row.cfg.seed)  # the model's initial weights come from the seed too
+    trained = fit_stages(row.spec, row.config, row.data, row.cfg, file=file, resume=row.resume or row.reuse is not None)
+    return trained, time.perf_counter() - start, code
+
+
+def _train_alongside(row: RunPlan, rank: int) -> None:
+    """A torchrun process other than 0: trains its share, its checkpoint in a scratch folder."""
+    scratch = Path(tempfile.mkdtemp(prefix=f"lvm-rank{rank}-"))
+    try:
+        _train_into(row, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _draw(row: RunPlan, trained: Trained) -> dict[str, Any]:
+    """Each stage's history and curves, then the model's own figures; returns what those add to
+    the metrics."""
+    spec = row.spec
+    for stage in spec.stages:
+        prefix = f"{stage.name}_" if len(spec.stages) > 1 else ""
+        history = trained.histories[stage.name]
+        write_json(row.out / f"{prefix}history.json", asdict(history))
+        plot_training(history.train, history.test, row.out / f"{prefix}train_plot.png",
+                      title=row.title + (f": {stage.name}" if prefix else ""),
+                      labels={t.key: f"{t.label} ({t.unit})" for t in stage.terms}, note=stage.note)
+    torch.manual_seed(row.cfg.seed)
+    return spec.figures(trained.model, row.data, row.out, row.title) if spec.figures else {}
+
+
+def _metrics(row: RunPlan, trained: Trained, seconds: float, code: str | None, size: int,
+             extra: dict[str, Any]) -> dict[str, Any]:
+    """What metrics.json holds: the run's settings, machine, code and final numbers."""
+    spec, config, cfg, data = row.spec, row.config, row.cfg, row.data
+    return {
+        "model": spec.name,
+        "dataset": row.dataset,
+        "variant": row.variant,
+        "config": {
+            "model": configs.to_dict(config),
+            "train": asdict(cfg),
+            "train_limit": row.limits[0],
+            "test_limit": row.limits[1],
+            "train_size": len(data.train),
+            "test_size": len(data.test),
+        },
+        "device": describe_device(row.device, cfg.cpu_threads) + (f" x {size} processes" if size > 1 else ""),
+        "precision": "bf16" if fast_path(cfg, row.device)[0] else "float32",  # of the training steps
+        "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_bf16", "amx_bf16"}),
+        "torch": torch.__version__,
+        "code": code,
+        "epochs": cfg.epochs,
+        "stage_epochs": {s.name: stage_train_config(s, config, cfg).epochs for s in spec.stages},
+        "seconds": round(seconds, 1),
+        "resumed": row.resume,
+        "test": final_numbers(spec, trained, data),
+        **extra,
+    }
 
 
 def _take_finished_stages(spec: ModelSpec, config: Any, data: Data, cfg: TrainConfig, file: RunFile,
@@ -393,26 +447,36 @@ def _take_finished_stages(spec: ModelSpec, config: Any, data: Data, cfg: TrainCo
 # ----------------------------------------------------------------------------- trained models
 
 
-def load_model(path: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from a checkpoint: `model, meta = load_model("runs/.../checkpoint.pt")`."""
+def read_checkpoint(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """A run's checkpoint as written by `train_row`; its `meta` says which model (`meta["model"]`,
+    the name it is registered under) and which data it was trained on."""
     state = load(path, map_location)
     meta = state.get("meta")
     data = meta.get("data") if isinstance(meta, dict) else None
     if not isinstance(data, dict) or not {"name", "kind", "shape"} <= set(data) or not isinstance(meta.get("model"), str):
         raise UserError(f"{path}: the checkpoint does not say which model and data it was trained on "
                         "(meta.model, meta.data); it was not written by lvm run")
+    return state
+
+
+def load_model(spec: ModelSpec, path: str | Path, map_location: str = "cpu", *,
+               state: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the trained `spec` model of a checkpoint: `model, meta = load_model(spec, path)`
+    (`lvm.load_model(path)` finds the spec itself). `state`: the checkpoint, if already read
+    (`read_checkpoint`)."""
+    state = state if state is not None else read_checkpoint(path, map_location)
+    meta = state["meta"]
     try:
-        spec = registry.get(meta["model"])
         config = configs.from_dict(spec.config, meta["config"])
         try:
             configs.check(config)
         except UserError as e:
-            raise UserError(f"{path}: its config is not one lvm builds ({e})") from None
+            raise UserError(f"{path}: its config is not one lvm builds ({e.template()})") from None
         models = []
         for stage in spec.stages:
             if stage.name not in state["stages"]:
                 raise UserError(f"{path} is an unfinished run: its {stage.name} stage has not trained yet; "
-                                "continue it with --resume")
+                                "continue it with {resume}")
             model = stage.build(config)
             model.load_state_dict(state["stages"][stage.name]["model"])
             models.append(model)
@@ -426,12 +490,14 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0]
 
 
-def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 0, temperature: float = 1.0) -> Path:
-    """Draw n samples from a trained model and plot them (a grid of images, or a scatter)."""
+def sample_to_file(spec: ModelSpec, checkpoint: str | Path, n: int, out: str | Path, seed: int = 0,
+                   temperature: float = 1.0, *, state: dict[str, Any] | None = None) -> Path:
+    """Draw n samples from a trained `spec` model and plot them (a grid of images, or a scatter).
+    `state`: the checkpoint, if already read."""
     if not 0 < temperature < float("inf"):
-        raise UserError(f"--temperature must be a positive number, got {temperature}")
+        raise UserError(f"{{temperature}} must be a positive number, got {temperature}")
     out = png_path(out)
-    model, meta = load_model(checkpoint)
+    model, meta = load_model(spec, checkpoint, state=state)
     takes_temperature = "temperature" in inspect.signature(model.sample).parameters
     if temperature != 1.0 and not takes_temperature:
         raise UserError(f"{checkpoint}: {meta['model']} samples without a temperature")
@@ -443,12 +509,13 @@ def sample_to_file(checkpoint: str | Path, n: int, out: str | Path, seed: int = 
     return save_image_grid(picture(x, kind), out, title)
 
 
-def reconstruct_to_file(checkpoint: str | Path, out: str | Path, n: int = 50, dataset: str | None = None,
-                        data_dir: str | Path | None = None, download: bool = True) -> Path:
+def reconstruct_to_file(spec: ModelSpec, checkpoint: str | Path, out: str | Path, n: int = 50,
+                        dataset: str | None = None, data_dir: str | Path | None = None, download: bool = True, *,
+                        state: dict[str, Any] | None = None) -> Path:
     """The first n test images of `dataset` (default: the one the model trained on) beside the
-    trained model's reconstructions."""
+    trained `spec` model's reconstructions. `state`: the checkpoint, if already read."""
     out = png_path(out)
-    model, meta = load_model(checkpoint)
+    model, meta = load_model(spec, checkpoint, state=state)
     if not hasattr(model, "reconstruct"):
         raise UserError(f"{checkpoint}: this model ({meta['model']}) does not reconstruct")
     dataset = dataset or meta["data"]["name"]

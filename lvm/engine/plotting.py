@@ -25,7 +25,7 @@ def png_path(path: str | Path) -> Path:
     here) whose folder exists or can be made, and can be written. One UserError line otherwise."""
     path = Path(path)
     if path.suffix.lower() != ".png":
-        raise UserError(f"--out {path}: the picture is a PNG; give a path ending in .png")
+        raise UserError(f"{{out}} {path}: the picture is a PNG; give a path ending in .png")
     existing = next(p for p in (path.parent, *path.parent.parents) if p.exists() or p == Path(p.anchor or "."))
     if existing.exists() and not existing.is_dir():
         raise UserError(f"cannot write {path}: {existing} is a file, not a folder")

@@ -100,7 +100,7 @@ class Evaluation:
 class ModelSpec:
     """Everything the engine knows about one model."""
 
-    name: str  # as in the registry
+    name: str  # the name the model is registered under
     config: type  # the config dataclass; every field can be set with `-o FIELD=VALUE`
     stages: tuple[Stage, ...]
     kinds: tuple[str, ...]  # the data kinds it trains on: "points", "image", "binary"

@@ -50,7 +50,7 @@ def default_data_dir() -> Path:
 
 def data_root(data_dir: str | Path | None = None) -> Path:
     """The data dir: `data_dir` with '~' expanded, else `default_data_dir()`."""
-    return _expand(data_dir, "--data-dir ") if data_dir else default_data_dir()
+    return _expand(data_dir, "{data_dir} ") if data_dir else default_data_dir()
 
 
 # ----------------------------------------------------------------------------- reading files safely
@@ -96,11 +96,11 @@ class Missing(UserError):
         self.name, self.files, self.folders, self.site, self.download = name, files, folders, site, download
         self.pickle: Path | None = None
 
-    def __str__(self) -> str:
+    def template(self) -> str:
         where = " or ".join(str(f) for f in self.folders)
         alternative = f", nor the course's {self.pickle}" if self.pickle else ""
         return (f"dataset '{self.name}' not found: no {', '.join(self.files)} in {where} (get them from "
-                f"{self.site}){alternative}; put them there, or point --data-dir or $LVM_DATA_DIR at a "
+                f"{self.site}){alternative}; put them there, or point {{data_dir}} or $LVM_DATA_DIR at a "
                 f"folder that holds them; {self.download}")
 
 

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from lvm.engine.checkpoint import RunFile
 from lvm.engine.distributed import broadcast_buffers, sync_batchnorm
-from lvm.engine.errors import Interrupted, UserError
+from lvm.engine.errors import Interrupted, UserError, setting
 
 
 @dataclass
@@ -61,11 +61,11 @@ class TrainConfig:
     log_every: int = 25  # minibatches between host syncs (losses are read back in batches)
 
     def validate(self) -> None:
-        for name, value, most in (("epochs", self.epochs, 100_000), ("batch-size", self.batch_size, 2**20)):
+        for name, value, most in (("epochs", self.epochs, 100_000), ("batch_size", self.batch_size, 2**20)):
             if not 1 <= value <= most:  # above the bound: a typo, never a budget
-                raise UserError(f"--{name} must be between 1 and {most}, got {value}")
+                raise UserError(f"{setting(name)} must be between 1 and {most}, got {value}")
         if not self.lr > 0 or not math.isfinite(self.lr):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
+            raise UserError(f"{{lr}} must be a positive number, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr schedule must be constant or cosine, got {self.lr_schedule!r}")
         for name in ("amp", "channels_last"):
@@ -146,8 +146,9 @@ class Checkpoint(Protocol):
     def save(self, state: dict[str, Any]) -> None: ...
 
 
-# How the keys of a pipeline's meta are set from the command line, for messages.
-_FLAGS = {"data.name": "--dataset ", "train_size": "--train-limit ", "test_size": "--test-limit "}
+# The setting that decides each key of a pipeline's meta, named by marker in messages
+# (`lvm.engine.errors`): a config field is `{config.FIELD}=VALUE`, these are `{SETTING} VALUE`.
+_SETTINGS = {"data.name": "{dataset} ", "train_size": "{train_limit} ", "test_size": "{test_limit} "}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -164,17 +165,17 @@ def check_resumable(state: dict[str, Any], meta: dict[str, Any] | None, cfg: "Tr
     old, new = _flat(state.get("meta") or {}), _flat(meta or {})
     for key in sorted(set(old) | set(new)):
         if old.get(key) != new.get(key):
-            flag = _FLAGS.get(key) or (f"-o {key[len('config.'):]}=" if key.startswith("config.") else f"{key}=")
-            raise UserError(f"cannot resume {where}: it was trained with {flag}{old.get(key)!r}, this run asks "
-                            f"for {new.get(key)!r}; drop that option, or start a new run (--overwrite or another --out)")
+            named = _SETTINGS.get(key) or (f"{setting(key)}=" if key.startswith("config.") else f"{key}=")
+            raise UserError(f"cannot resume {where}: it was trained with {named}{old.get(key)!r}, this run asks "
+                            f"for {new.get(key)!r}; drop that option, or start a new run ({{overwrite}} or another {{out}})")
     saved = state.get("train_config", {})
     for name in RESUME_FIXED:
         if name in saved and saved[name] != getattr(cfg, name):
-            raise UserError(f"cannot resume {where}: it was trained with --{name.replace('_', '-')} {saved[name]}, "
+            raise UserError(f"cannot resume {where}: it was trained with {setting(name)} {saved[name]}, "
                             f"this run asks for {getattr(cfg, name)}; a resumed run keeps its settings")
     if state["epoch"] > cfg.epochs:
         raise UserError(f"cannot resume {where}: it has trained {state['epoch']} epochs already, more than "
-                        f"--epochs {cfg.epochs}")
+                        f"{{epochs}} {cfg.epochs}")
 
 
 def check_world_size(state: dict[str, Any], cfg: "TrainConfig", size: int, where: str) -> None:
@@ -373,6 +374,11 @@ class Progress:
         self.bar.close()
 
 
+# Seeds derived from --seed, each by a prime multiplier that keeps the streams it seeds apart:
+PROCESS_SEED_STRIDE = 1_000_003  # process r's noise starts at seed + r * this (each process its own)
+EPOCH_SEED_STRIDE = 100_003  # epoch e's shuffle is seeded seed * this + e (a resumed run reshuffles alike)
+
+
 def fit(
     model: nn.Module,
     train: torch.Tensor,
@@ -400,159 +406,186 @@ def fit(
     if isinstance(checkpoint, (str, Path)):
         path = Path(checkpoint)
         checkpoint = (RunFile.read(path) if resume and path.exists() else RunFile(path, {})).slot("train")
-    device = resolve_device(cfg.device)
-    rank, size = world()
-    torch.manual_seed((cfg.seed + 1_000_003 * rank) % 2**63)  # each process its own noise
-    model.to(device)
-    if size > 1:  # one model: BatchNorm statistics of the global minibatch, not of each share
-        sync_batchnorm(model)
-    train, test = train.to(device), test.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    per_epoch = math.ceil(len(train) / cfg.batch_size)
-    smallest = min(cfg.batch_size, len(train) - (per_epoch - 1) * cfg.batch_size)  # the last minibatch may be short
-    if smallest < size:
-        raise UserError(f"{size} processes cannot share a minibatch of {smallest} examples (the last of each epoch of "
-                        f"{len(train)} at --batch-size {cfg.batch_size}); change --batch-size or --train-limit")
-    total = cfg.epochs * per_epoch
-    if cfg.lr_schedule == "cosine":  # a final iterate at lr ~ 0 is not bounced around by noise
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
-    else:
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
-    history, epoch, step = History(), 0, 0
-
-    state, refusal = None, None
-    if resume and checkpoint is not None and rank == 0:
-        state = checkpoint.load()
-        try:
-            if state is not None:
-                check_resumable(state, meta, cfg, checkpoint.where)
-                check_world_size(state, cfg, size, checkpoint.where)
-        except UserError as e:
-            refusal = str(e)
-    if size > 1:  # every process resumes from process 0's checkpoint, or refuses with it
-        box = [state, refusal]
-        dist.broadcast_object_list(box, src=0)
-        state, refusal = box
-    if refusal is not None:
-        raise UserError(refusal)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history = History(**state["history"])
-        epoch, step = state["epoch"], state["step"]
-        rngs = state.get("rng_ranks") or [state["rng"]]  # one per process; older checkpoints: one
-        if rank < len(rngs):
-            _set_rng_state(rngs[rank])
-    saved = {"any": state is not None}
-
-    def save(epoch: int, step: int) -> None:
-        if checkpoint is None:
-            return
-        rngs = [_rng_state()]
-        if size > 1:  # every process's noise, so that each continues its own on resume
-            rngs = [None] * size if rank == 0 else None
-            dist.gather_object(_rng_state(), rngs, dst=0)
-        if rank == 0:
-            checkpoint.save({
-                "meta": meta or {},
-                "train_config": asdict(cfg),
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch,
-                "step": step,
-                "history": asdict(history),
-                "rng": rngs[0],
-                "rng_ranks": rngs,
-                "world_size": size,
-            })
-            saved["any"] = True
-
-    def stop(values: list[float], where: str) -> Diverged:
-        kept = (f"the last good checkpoint is kept in {checkpoint.where}" if checkpoint is not None and saved["any"]
-                else "no checkpoint had been written yet")
-        return Diverged(f"loss became {values} {where}; stopped, {kept}. Try a lower --lr in a new run "
-                        "(--overwrite or another --out; a resumed run keeps its --lr)")
-
-    def test_row(label: str) -> dict[str, float]:
-        row = evaluate(model, test, cfg.batch_size, device, cfg)
-        if not all(math.isfinite(v) for v in row.values()):
-            raise stop(list(row.values()), f"on the test set {label}")
-        return row
-
-    if not history.test:  # the course's curves start with the test loss at initialisation
-        history.add(history.test, test_row("at initialisation"))
-
-    train_step = make_step(model, opt, cfg, device, sched)
-    progress = Progress(total, epoch * per_epoch + step, desc, quiet=bool(rank))
-    pending: list[dict[str, torch.Tensor]] = []
-
-    def flush(epoch: int, step: int) -> None:
-        """Read the pending minibatch losses back from the device; stop on NaN/inf."""
-        if not pending:
-            return
-        keys = list(pending[0])
-        values = torch.stack([torch.stack([p[k] for k in keys]) for p in pending])  # (steps, terms)
-        if size > 1:  # the curve of the global minibatch: the mean over processes
-            dist.all_reduce(values)
-            values /= size
-        values = values.cpu()
-        bad = ~torch.isfinite(values).all(1)
-        if bad.any():
-            at = step - len(pending) + int(bad.nonzero()[0]) + 1
-            raise stop(values[bad][0].tolist(), f"at epoch {epoch + 1} step {at}")
-        for row in values.tolist():
-            history.add(history.train, dict(zip(keys, row)))
-        progress.bar.set_postfix({k: f"{v:.4g}" for k, v in zip(keys, values[-1].tolist())}, refresh=False)
-        pending.clear()
-
-    def stopping(signalled: int, boundary: bool) -> bool:
-        """Single process: at once. Under torchrun: at log boundaries, all processes together."""
-        if size == 1:
-            return bool(signalled)
-        if not boundary:
-            return False
-        flag = torch.tensor([float(bool(signalled))], device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
-
+    t = _Trainer(model, train, test, cfg, checkpoint, meta)
+    if resume:
+        t.resume()
+    if not t.history.test:  # the course's curves start with the test loss at initialisation
+        t.history.add(t.history.test, t.test_row("at initialisation"))
+    t.start(desc)
     threads = torch.get_num_threads()
-    if cfg.cpu_threads and device.type == "cpu":
+    if cfg.cpu_threads and t.device.type == "cpu":
         torch.set_num_threads(cfg.cpu_threads)
     with _stop_on_signals() as stop_flag:
         try:
-            while epoch < cfg.epochs:
-                gen = torch.Generator().manual_seed((cfg.seed * 100_003 + epoch) % 2**63)
-                order = torch.randperm(len(train), generator=gen).to(device)
-                progress.describe(f"{desc} epoch {epoch + 1}/{cfg.epochs}")
-                started, first = time.perf_counter(), len(history.train.get("loss", []))
-                while step < per_epoch:
-                    if stopping(stop_flag["signal"], boundary=step % cfg.log_every == 0):
-                        flush(epoch, step)
-                        save(epoch, step)
-                        raise Interrupted(
-                            f"interrupted at epoch {epoch + 1}, step {step}"
-                            + (f"; saved {checkpoint.where}" if checkpoint is not None else "")
-                        )
-                    batch = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    mine = batch[rank::size]  # every size-th example: together, the whole minibatch
-                    pending.append(train_step(train[mine], len(mine) * size / len(batch)))
-                    step += 1
-                    if len(pending) >= cfg.log_every:
-                        flush(epoch, step)
-                    progress.step()
-                flush(epoch, step)
-                row = test_row(f"after epoch {epoch + 1}")
-                history.add(history.test, row)
-                losses = history.train.get("loss", [])[first:]
-                progress.epoch({"loss": sum(losses) / max(1, len(losses))}, row, time.perf_counter() - started)
-                epoch, step = epoch + 1, 0
-                save(epoch, 0)
-            if size == 1 and stop_flag["signal"]:  # it came during the last test pass: the state is saved whole
-                raise Interrupted(f"interrupted after the last epoch ({epoch})"
-                                  + (f"; saved {checkpoint.where}" if checkpoint is not None else ""))
+            while t.epoch < cfg.epochs:
+                t.train_epoch(stop_flag, desc)
+                row = t.test_row(f"after epoch {t.epoch + 1}")
+                t.end_epoch(row)
+            if t.size == 1 and stop_flag["signal"]:  # it came during the last test pass: the state is saved whole
+                raise Interrupted(f"interrupted after the last epoch ({t.epoch})" + t.saved_where())
         finally:
-            progress.close()
+            t.progress.close()
             torch.set_num_threads(threads)
-    return history
+    return t.history
+
+
+class _Trainer:
+    """One `fit`: the model, its optimiser and schedule, where training stands (`epoch`, `step`),
+    the history, and the pieces of the loop: resuming, one epoch of steps, reading losses back,
+    evaluating, checkpointing, stopping on a signal."""
+
+    def __init__(self, model: nn.Module, train: torch.Tensor, test: torch.Tensor, cfg: TrainConfig,
+                 checkpoint: Checkpoint | None, meta: dict[str, Any] | None):
+        self.cfg, self.checkpoint, self.meta = cfg, checkpoint, meta
+        self.device = resolve_device(cfg.device)
+        self.rank, self.size = world()
+        torch.manual_seed((cfg.seed + PROCESS_SEED_STRIDE * self.rank) % 2**63)  # each process its own noise
+        self.model = model.to(self.device)
+        if self.size > 1:  # one model: BatchNorm statistics of the global minibatch, not of each share
+            sync_batchnorm(model)
+        self.train, self.test = train.to(self.device), test.to(self.device)
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        self.per_epoch = math.ceil(len(train) / cfg.batch_size)
+        smallest = min(cfg.batch_size, len(train) - (self.per_epoch - 1) * cfg.batch_size)  # the last minibatch may be short
+        if smallest < self.size:
+            raise UserError(f"{self.size} processes cannot share a minibatch of {smallest} examples (the last of each "
+                            f"epoch of {len(train)} at {{batch_size}} {cfg.batch_size}); change {{batch_size}} or "
+                            "{train_limit}")
+        total = cfg.epochs * self.per_epoch
+        if cfg.lr_schedule == "cosine":  # a final iterate at lr ~ 0 is not bounced around by noise
+            self.sched = torch.optim.lr_scheduler.LambdaLR(
+                self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
+        else:
+            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda t: 1.0)
+        self.history, self.epoch, self.step = History(), 0, 0
+        self.any_saved = False
+        self.pending: list[dict[str, torch.Tensor]] = []  # minibatch losses not yet read back
+
+    # --- resuming and checkpoints
+
+    def resume(self) -> None:
+        """Continue from the checkpoint, if it holds a state; refuse one with other settings.
+        Under torchrun every process resumes from process 0's checkpoint, or refuses with it."""
+        state, refusal = None, None
+        if self.checkpoint is not None and self.rank == 0:
+            state = self.checkpoint.load()
+            try:
+                if state is not None:
+                    check_resumable(state, self.meta, self.cfg, self.checkpoint.where)
+                    check_world_size(state, self.cfg, self.size, self.checkpoint.where)
+            except UserError as e:
+                refusal = e.template()  # its settings still markers, for whoever words the message
+        if self.size > 1:
+            box = [state, refusal]
+            dist.broadcast_object_list(box, src=0)
+            state, refusal = box
+        if refusal is not None:
+            raise UserError(refusal)
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            self.history = History(**state["history"])
+            self.epoch, self.step = state["epoch"], state["step"]
+            rngs = state.get("rng_ranks") or [state["rng"]]  # one per process; older checkpoints: one
+            if self.rank < len(rngs):
+                _set_rng_state(rngs[self.rank])
+            self.any_saved = True
+
+    def save(self, epoch: int, step: int) -> None:
+        """The whole state, as of `epoch` and `step`, with every process's random state."""
+        if self.checkpoint is None:
+            return
+        rngs = [_rng_state()]
+        if self.size > 1:  # every process's noise, so that each continues its own on resume
+            rngs = [None] * self.size if self.rank == 0 else None
+            dist.gather_object(_rng_state(), rngs, dst=0)
+        if self.rank == 0:
+            self.checkpoint.save({
+                "meta": self.meta or {}, "train_config": asdict(self.cfg), "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "epoch": epoch,
+                "step": step, "history": asdict(self.history), "rng": rngs[0], "rng_ranks": rngs,
+                "world_size": self.size,
+            })
+            self.any_saved = True
+
+    def saved_where(self) -> str:
+        return f"; saved {self.checkpoint.where}" if self.checkpoint is not None else ""
+
+    def diverged(self, values: list[float], where: str) -> Diverged:
+        kept = (f"the last good checkpoint is kept in {self.checkpoint.where}" if self.checkpoint is not None
+                and self.any_saved else "no checkpoint had been written yet")
+        return Diverged(f"loss became {values} {where}; stopped, {kept}. Try a lower {{lr}} in a new run "
+                        "({overwrite} or another {out}; a resumed run keeps its {lr})")
+
+    # --- the loop
+
+    def start(self, desc: str) -> None:
+        self.train_step = make_step(self.model, self.opt, self.cfg, self.device, self.sched)
+        self.progress = Progress(self.cfg.epochs * self.per_epoch, self.epoch * self.per_epoch + self.step, desc,
+                                 quiet=bool(self.rank))
+
+    def train_epoch(self, stop_flag: dict[str, int], desc: str) -> None:
+        """The minibatches of the epoch under way, from the step reached, in the epoch's own
+        shuffled order; a signal stops it between steps, saved."""
+        cfg, epoch = self.cfg, self.epoch
+        gen = torch.Generator().manual_seed((cfg.seed * EPOCH_SEED_STRIDE + epoch) % 2**63)
+        order = torch.randperm(len(self.train), generator=gen).to(self.device)
+        self.progress.describe(f"{desc} epoch {epoch + 1}/{cfg.epochs}")
+        self.started, self.first = time.perf_counter(), len(self.history.train.get("loss", []))
+        while self.step < self.per_epoch:
+            if self.stopping(stop_flag["signal"], boundary=self.step % cfg.log_every == 0):
+                self.flush()
+                self.save(epoch, self.step)
+                raise Interrupted(f"interrupted at epoch {epoch + 1}, step {self.step}" + self.saved_where())
+            batch = order[self.step * cfg.batch_size : (self.step + 1) * cfg.batch_size]
+            mine = batch[self.rank :: self.size]  # every size-th example: together, the whole minibatch
+            self.pending.append(self.train_step(self.train[mine], len(mine) * self.size / len(batch)))
+            self.step += 1
+            if len(self.pending) >= cfg.log_every:
+                self.flush()
+            self.progress.step()
+        self.flush()
+
+    def end_epoch(self, row: dict[str, float]) -> None:
+        """Record the epoch's test row, say it, and checkpoint the start of the next epoch."""
+        self.history.add(self.history.test, row)
+        losses = self.history.train.get("loss", [])[self.first:]
+        self.progress.epoch({"loss": sum(losses) / max(1, len(losses))}, row, time.perf_counter() - self.started)
+        self.epoch, self.step = self.epoch + 1, 0
+        self.save(self.epoch, 0)
+
+    def test_row(self, label: str) -> dict[str, float]:
+        row = evaluate(self.model, self.test, self.cfg.batch_size, self.device, self.cfg)
+        if not all(math.isfinite(v) for v in row.values()):
+            raise self.diverged(list(row.values()), f"on the test set {label}")
+        return row
+
+    def flush(self) -> None:
+        """Read the pending minibatch losses back from the device; stop on NaN/inf."""
+        if not self.pending:
+            return
+        keys = list(self.pending[0])
+        values = torch.stack([torch.stack([p[k] for k in keys]) for p in self.pending])  # (steps, terms)
+        if self.size > 1:  # the curve of the global minibatch: the mean over processes
+            dist.all_reduce(values)
+            values /= self.size
+        values = values.cpu()
+        bad = ~torch.isfinite(values).all(1)
+        if bad.any():
+            at = self.step - len(self.pending) + int(bad.nonzero()[0]) + 1
+            raise self.diverged(values[bad][0].tolist(), f"at epoch {self.epoch + 1} step {at}")
+        for row in values.tolist():
+            self.history.add(self.history.train, dict(zip(keys, row)))
+        self.progress.bar.set_postfix({k: f"{v:.4g}" for k, v in zip(keys, values[-1].tolist())}, refresh=False)
+        self.pending.clear()
+
+    def stopping(self, signalled: int, boundary: bool) -> bool:
+        """Single process: at once. Under torchrun: at log boundaries, all processes together."""
+        if self.size == 1:
+            return bool(signalled)
+        if not boundary:
+            return False
+        flag = torch.tensor([float(bool(signalled))], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
