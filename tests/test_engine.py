@@ -10,16 +10,11 @@ import re
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 from lvm import registry
-from lvm.cli import cli
+from tests.helpers import invoke
 
 LVM = Path(__file__).resolve().parent.parent / "lvm"
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture

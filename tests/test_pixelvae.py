@@ -18,14 +18,7 @@ FASHION = Path("/usr/share/datasets/fashion-mnist")
 TINY = dict(enc_widths=(4, 8, 8), map_widths=(8, 8, 4), channels=8)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Sampling makes H * W tiny sequential passes: on a shared CPU a second OpenMP thread only
-    waits for the first (measured: 4 s on one thread, 200 s on two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # sampling makes H * W tiny sequential passes
 
 
 def tiny(H: int = 12, W: int = 12, n_layers: int = 2, **kw) -> PixelVAE:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from lvm.cli import cli
 from lvm.engine.checkpoint import stage_state as load_checkpoint
+from tests.helpers import one_line_error
 
 RUN = [sys.executable, "-m", "lvm", "run", "vae2d", "--dataset", "gaussians-a1", "--epochs", "6",
        "--train-limit", "3000", "--test-limit", "500", "--device", "cpu"]
@@ -175,12 +176,6 @@ TINY_IMG = ["--dataset", "shapes", "--train-limit", "16", "--test-limit", "8", "
             "--epochs", "1"]
 
 
-def _one_line(r, expect: str = "") -> None:
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    assert expect in r.output, r.output
-
-
 def _snapshot(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -197,7 +192,7 @@ def test_resume_refuses_another_models_run_and_changes_nothing(tmp_path):
     out = _finished(tmp_path)
     before = _snapshot(out)
     r = CliRunner().invoke(cli, ["run", "vae", *TINY_IMG, *TINY_VAE, "--out", str(out), "--resume"])
-    _one_line(r, "it holds a vae2d run (stages vae2d), this run is vae (stages vae)")
+    one_line_error(r, "it holds a vae2d run (stages vae2d), this run is vae (stages vae)")
     assert _snapshot(out) == before
 
 
@@ -206,7 +201,7 @@ def test_overwrite_with_a_bad_override_deletes_nothing(tmp_path):
     out = _finished(tmp_path)
     before = _snapshot(out)
     r = CliRunner().invoke(cli, ["run", "vae2d", *TINY2D, "--out", str(out), "--overwrite", "-o", "latent_dim=-1"])
-    _one_line(r, "-o latent_dim=-1: must be at least 1")
+    one_line_error(r, "-o latent_dim=-1: must be at least 1")
     assert _snapshot(out) == before
 
 
@@ -228,7 +223,7 @@ def test_out_of_range_settings_are_one_line_and_touch_nothing(tmp_path, model, a
     out = tmp_path / "sub" / "out"
     r = CliRunner().invoke(cli, ["run", model, "--dataset", dataset, "--train-limit", "8", "--test-limit", "8",
                                  "--device", "cpu", "--epochs", "1", *args, "--out", str(out)])
-    _one_line(r, "must be")
+    one_line_error(r, "must be")
     assert not (tmp_path / "sub").exists()
 
 
@@ -239,7 +234,7 @@ def test_table_checks_every_row_before_the_first_trains(tmp_path, setting):
     figures = tmp_path / "figures"
     r = CliRunner().invoke(cli, ["table", "--dataset", "shapes", "--figures", str(figures), "--epochs", "1",
                                  "--train-limit", "8", "--test-limit", "8", "--device", "cpu", "-o", setting])
-    _one_line(r, f"-o {setting}: must be at least")
+    one_line_error(r, f"-o {setting}: must be at least")
     assert not figures.exists()
 
 
@@ -393,7 +388,7 @@ def test_sampling_at_a_tiny_temperature_is_nearly_argmax(vqvae_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
     for bad in ("inf", "0", "-1"):
-        _one_line(CliRunner().invoke(cli, ["sample", "--checkpoint", str(vqvae_run / "checkpoint.pt"),
+        one_line_error(CliRunner().invoke(cli, ["sample", "--checkpoint", str(vqvae_run / "checkpoint.pt"),
                                            "--temperature", bad]), "--temperature must be a positive number")
 
 
@@ -408,7 +403,7 @@ def test_checkpoints_without_data_or_with_a_bad_config_are_one_line(vqvae_run, t
     torch.save({**state, "meta": {k: v for k, v in state["meta"].items() if k != "data"}}, no_data)
     torch.save({**state, "meta": {**state["meta"], "config": {**state["meta"]["config"], "num_codes": 0}}}, zero)
     for path, expect in ((no_data, "does not say which model and data"), (zero, "num_codes=0: must be at least 2")):
-        _one_line(CliRunner().invoke(cli, ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "x.png")]),
+        one_line_error(CliRunner().invoke(cli, ["sample", "--checkpoint", str(path), "--out", str(tmp_path / "x.png")]),
                   expect)
         with pytest.raises(UserError, match=expect):
             lvm.load_model(path)
@@ -570,7 +565,7 @@ def test_any_value_of_any_field_trains_or_is_refused_before_anything_is_touched(
         return
     # refused before anything was touched: also when it would have replaced a finished run
     again = CliRunner().invoke(cli, [*args, "--out", str(finished), "--overwrite"])
-    _one_line(again)
+    one_line_error(again)
     assert again.output == r.output and _snapshot(finished) == before
 
 

@@ -19,7 +19,7 @@ from lvm.engine import pipeline as experiment
 from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, codebook_usage, encode_all
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> VQVAEConfig:
@@ -29,12 +29,17 @@ def tiny(**kw) -> VQVAEConfig:
 # ----------------------------------------------------------------------------- quantizer
 
 
-def test_lookup_of_indices_is_the_quantized_tensor():
-    torch.manual_seed(0)
-    vq = VectorQuantizer(num_codes=16, code_dim=5).eval()
+def quantize(seed: int, num_codes: int, code_dim: int, shape: tuple[int, ...]):
+    """A quantizer with a N(0, I) codebook, a N(0, I) batch `z` of `shape`, and vq(z)."""
+    torch.manual_seed(seed)
+    vq = VectorQuantizer(num_codes=num_codes, code_dim=code_dim).eval()
     vq.codebook.data.normal_()
-    z = torch.randn(3, 5, 4, 6)
-    quantized, indices, loss = vq(z)
+    z = torch.randn(*shape)
+    return vq, z, vq(z)
+
+
+def test_lookup_of_indices_is_the_quantized_tensor():
+    vq, z, (quantized, indices, loss) = quantize(0, 16, 5, (3, 5, 4, 6))
     assert quantized.shape == z.shape and indices.shape == (3, 4, 6) and indices.dtype == torch.int64
     torch.testing.assert_close(vq.lookup(indices), quantized, atol=1e-6, rtol=0)
     # and the loss is codebook + beta * commitment, both equal to the mean squared distance in value
@@ -42,11 +47,7 @@ def test_lookup_of_indices_is_the_quantized_tensor():
 
 
 def test_indices_are_the_nearest_codes():
-    torch.manual_seed(1)
-    vq = VectorQuantizer(num_codes=32, code_dim=7).eval()
-    vq.codebook.data.normal_()
-    z = torch.randn(4, 7, 5, 5)
-    _, indices, _ = vq(z)
+    vq, z, (_, indices, _) = quantize(1, 32, 7, (4, 7, 5, 5))
     flat = z.permute(0, 2, 3, 1).reshape(-1, 7)
     expected = torch.cdist(flat, vq.codebook.data).argmin(1)
     assert torch.equal(indices.flatten(), expected)
