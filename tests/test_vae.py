@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -155,29 +154,6 @@ def test_batchnorm_in_eval_mode_makes_each_image_independent_of_its_batch():
     assert torch.allclose(m.reconstruct(x)[:4], m.reconstruct(x[:4]), atol=1e-5)
     m.train()
     assert not torch.allclose(m.reconstruct(x)[:4], m.reconstruct(x[:4]), atol=1e-5)  # batch statistics
-
-
-@pytest.mark.parametrize("model", ["vae", "vlae"])
-def test_checkpoint_round_trips(model):
-    torch.manual_seed(0)
-    m = tiny(model)
-    with torch.no_grad():  # move away from the initialisation a fresh build would also give
-        for p in m.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    buffer = io.BytesIO()
-    torch.save(m.state_dict(), buffer)
-    config = json.loads(json.dumps(asdict(m.cfg)))  # as a checkpoint's meta stores it
-    spec = registry.get(model)
-    rebuilt = spec.stages[0].build(configs.from_dict(spec.config, config))
-    assert type(rebuilt) is type(m) and rebuilt.cfg == m.cfg
-    buffer.seek(0)
-    rebuilt.load_state_dict(torch.load(buffer, weights_only=True))
-    x = images(8)
-    torch.manual_seed(1)
-    a = m.loss(x)
-    torch.manual_seed(1)
-    b = rebuilt.loss(x)
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 @functools.lru_cache(maxsize=1)
