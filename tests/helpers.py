@@ -46,6 +46,22 @@ def single_thread():
         torch.set_num_threads(threads)
 
 
+# ----------------------------------------------------------------------------- data
+
+def fashion_mnist_on_disk() -> bool:
+    """Whether Fashion-MNIST is here (Debian's dataset-fashion-mnist, or the data dir): the one
+    real dataset tests may use. Hide it to test as a newcomer: `bwrap --dev-bind / / --tmpfs
+    /usr/share/datasets python -m pytest ...`."""
+    from lvm.engine import data
+
+    return data.on_disk("fashion-mnist")
+
+
+# for a test that needs real (or binary) images; the rest run on the generated data, always there
+needs_fashion_mnist = pytest.mark.skipif(not fashion_mnist_on_disk(), reason=(
+    "Fashion-MNIST is not on disk (apt-get install dataset-fashion-mnist); the generated data has no binary images"))
+
+
 # ----------------------------------------------------------------------------- every model
 
 # one example of each kind of data a model can declare (`ModelSpec.kinds`)

@@ -204,6 +204,7 @@ def _tiny_shapes_classifier(data_dir):
     return acc
 
 
+@pytest.mark.slow
 def test_eval_writes_likelihood_and_sample_metrics(tmp_path):
     data = tmp_path / "data"
     acc = _tiny_shapes_classifier(data)

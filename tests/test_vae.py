@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +17,7 @@ from lvm.blocks.made import MADE
 from lvm.engine.train import TrainConfig, fit
 from lvm.vae import VAE, VAEConfig
 from lvm.vlae import VLAE, AutoregressiveFlowPrior, VLAEConfig
+from tests.helpers import fashion_mnist_on_disk
 
 TINY = dict(latent_dim=4, enc_widths=(4, 8, 8, 8), dec_widths=(8, 8, 8, 4))
 
@@ -158,10 +158,11 @@ def test_batchnorm_in_eval_mode_makes_each_image_independent_of_its_batch():
 
 @functools.lru_cache(maxsize=1)
 def real_slice():
-    name = "fashion-mnist" if Path("/usr/share/datasets/fashion-mnist").is_dir() else "shapes"
+    name = "fashion-mnist" if fashion_mnist_on_disk() else "shapes"  # shapes: always there
     return load(name, train_limit=2000, test_limit=500, download=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["vae", "vlae"])
 def test_training_lowers_test_neg_elbo(model):
     data = real_slice()

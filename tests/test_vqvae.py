@@ -18,6 +18,7 @@ from lvm.engine import data as datasets
 from lvm.engine import pipeline as experiment
 from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, codebook_usage, encode_all
+from tests.helpers import fashion_mnist_on_disk
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -159,8 +160,9 @@ def test_course_architecture_at_full_width():
     assert model.vq.codebook.abs().max() <= 1 / 128
 
 
+@pytest.mark.slow
 def test_training_lowers_test_reconstruction_loss():
-    name = "fashion-mnist" if datasets.DEBIAN_FASHION_MNIST.is_dir() else "shapes"
+    name = "fashion-mnist" if fashion_mnist_on_disk() else "shapes"  # shapes: always there
     data = datasets.load(name, train_limit=1024, test_limit=256, download=False)
     torch.manual_seed(0)
     model = VQVAE(tiny(channels=data.info.channels, num_codes=32, code_dim=16, width=16))
@@ -208,6 +210,7 @@ def stand_in_prior(monkeypatch):
     return made
 
 
+@pytest.mark.slow
 def test_full_run_writes_every_file_and_resumes(tmp_path: Path, stand_in_prior):
     kw = dict(out=tmp_path, train_limit=64, test_limit=60, download=False, epochs=1, batch_size=32)
     metrics = experiment.run("vqvae", "shapes", overrides={"prior_epochs": 2, "prior": "gated"}, **kw)
