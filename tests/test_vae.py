@@ -171,6 +171,8 @@ def test_training_lowers_test_neg_elbo(model):
     history = fit(m, data.train, data.test, TrainConfig(epochs=3, batch_size=32, device="cpu"))
     loss = history.test["loss"]
     assert len(history.train["loss"]) == 3 * 63  # ~200 steps
+    # on the generated shapes (no Fashion-MNIST), seeds 0/1/2: vae 0.26/0.32/0.38, vlae 0.25/0.32/0.37 of
+    # the start, every epoch lower, KL 8.8-11.3: the bar holds with a margin of 1.6x at least
     assert loss[-1] < 0.6 * loss[0], loss
     assert all(a > b for a, b in zip(loss, loss[1:])), loss  # and every epoch helps
     assert history.test["kl_loss"][-1] > 0  # the latent is in use

@@ -169,6 +169,8 @@ def test_training_lowers_test_reconstruction_loss():
     history = fit(model, data.train, data.test, TrainConfig(epochs=6, batch_size=32, grad_clip=1.0))
     recon = history.test["recon_loss"]
     assert len(history.train["loss"]) == 6 * 32  # a few hundred steps
+    # on the generated shapes (no Fashion-MNIST), seeds 0/1/2: 0.15/0.12/0.14 of the start, all 32
+    # codes used: the bar holds with a margin of 3x at least
     assert recon[-1] < 0.5 * recon[0]
     assert codebook_usage(encode_all(model, data.test), 32)["codes_used"] > 1
 
