@@ -100,8 +100,8 @@ def _help() -> str:
 \b
 lvm eval --checkpoint PATH: on the test split of the dataset the model trained on,
   nll     -log p(x), nats per example: importance-sampled with k draws per example (the IWAE
-          bound, Burda et al. 2015) for the VAEs, exact for the PixelCNN, the VQ-VAE paper's
-          bound (recon + prior NLL of the codes) for the VQ-VAE;
+          bound, Burda et al. 2015) where the model has an encoder q(z | x), exact where it is
+          autoregressive, else the model's own bound (as recon + prior NLL of discrete codes);
   elbo    the -ELBO on the same examples; bits_per_dim = nll / (D ln 2);
   fd, precision, recall of `samples` samples against as many test images, in the features of
           a small classifier lvm trains on the dataset's labels (cached in the data dir; its

@@ -1,6 +1,6 @@
-"""The bf16 fast path keeps the numbers: under autocast every model's loss terms come out in
-float32 and close to the float32 loss, the quantizer picks exactly the float32 nearest codes,
-and test numbers are measured in float32. The checks run bf16 autocast on the CPU (`amp="on"`),
+"""The bf16 fast path keeps the numbers: under autocast the loss terms of every registered model
+(each variant, each stage) come out in float32 and close to the float32 loss, the quantizer picks
+exactly the float32 nearest codes, and test numbers are measured in float32. The checks run bf16 autocast on the CPU (`amp="on"`),
 the same mechanism as on a GPU, where it is on by default."""
 
 from __future__ import annotations
@@ -8,12 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvm.pixelcnn.model import PixelCNNConfig, build
 from lvm.engine.train import TrainConfig, fit
-from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer
+from lvm.vqvae import VectorQuantizer
+from tests.helpers import bf16_models, stage_cases
 from tests.test_vae import images, tiny
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bf16(fn, *args):
@@ -54,33 +54,19 @@ def test_ema_codebook_update_under_autocast_equals_float32():
         torch.testing.assert_close(va, vb, rtol=1e-6, atol=1e-6)
 
 
-def _grid() -> torch.Tensor:
-    return torch.randint(0, 2, (16, 1, 12, 12), dtype=torch.uint8)
-
-
-PRIOR = dict(levels=2, embed_dim=4, channels=8, head_channels=8, layers=2)
-MODELS = {  # name: () -> (tiny model, a batch of its data)
-    "vae": lambda: (tiny("vae"), images(16)),
-    "vlae": lambda: (tiny("vlae"), images(16)),
-    "vqvae": lambda: (VQVAE(VQVAEConfig(num_codes=16, code_dim=8, width=8)), images(16)),
-    "pixelcnn": lambda: (build(PixelCNNConfig(**PRIOR)), _grid()),
-    "gated": lambda: (build(PixelCNNConfig(gated=True, **PRIOR)), _grid()),
-}
-
-
-@pytest.mark.parametrize("name", list(MODELS))
-def test_loss_terms_under_autocast_are_float32_and_close(name):
+@pytest.mark.parametrize("name,variant", bf16_models())
+def test_loss_terms_under_autocast_are_float32_and_close(name, variant):
     torch.manual_seed(0)
-    model, x = MODELS[name]()
-    model.eval()  # no codebook updates: both passes see the same weights
-    torch.manual_seed(3)
-    exact = model.loss(x)
-    torch.manual_seed(3)  # the same reparameterisation noise
-    rounded = bf16(model.loss, x)
-    for k, v in rounded.items():
-        assert v.dtype == torch.float32, k
-        # bf16 keeps ~3 significant digits in the network; the terms stay within a few percent
-        torch.testing.assert_close(v, exact[k], rtol=0.05, atol=1e-3)
+    for stage, model, x in stage_cases(name, variant, n=2):  # each at its default (the course's) widths
+        model.eval()  # no codebook updates: both passes see the same weights
+        torch.manual_seed(3)
+        exact = model.loss(x)
+        torch.manual_seed(3)  # the same reparameterisation noise
+        rounded = bf16(model.loss, x)
+        for k, v in rounded.items():
+            assert v.dtype == torch.float32, (stage, k)
+            # bf16 keeps ~3 significant digits in the network; the terms stay within a few percent
+            torch.testing.assert_close(v, exact[k], rtol=0.05, atol=1e-3, msg=f"{stage} {k}")
 
 
 def test_training_under_autocast_learns_and_evaluates_in_float32():

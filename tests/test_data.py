@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from lvm.cli import cli
 from lvm.engine import data, stores
 from lvm.engine.errors import UserError
+from tests.helpers import invoke, one_line_error
 
 
 @pytest.fixture(autouse=True)
@@ -32,20 +33,6 @@ def no_network(monkeypatch):
     monkeypatch.delenv("LVM_DATA_DIR", raising=False)
     for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
-
-
-def lvm(*args, env=None):
-    return CliRunner().invoke(cli, [str(a) for a in args], env=env)
-
-
-def one_line_error(result, *expect):
-    """The result of a command a user got wrong: exit 2, one line, no traceback, saying `expect`."""
-    assert result.exit_code == 2, result.output
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
-    for text in expect:
-        assert text in lines[0], lines[0]
-    return lines[0]
 
 
 def test_gaussians_follow_the_course_formula():
@@ -215,7 +202,7 @@ def plant_traps(folder, marker):
 
 def test_list_opens_no_pickle(tmp_path):
     plant_traps(tmp_path, tmp_path / "pwned")
-    r = lvm("list", "--data-dir", tmp_path)
+    r = invoke("list", "--data-dir", tmp_path)
     assert r.exit_code == 0, r.output
     # judged from names and sizes: booby-trapped files count as on disk, and nothing ran
     for name in ("mnist", "cifar10", "svhn"):
@@ -226,7 +213,7 @@ def test_list_opens_no_pickle(tmp_path):
 @pytest.mark.parametrize("name,file", [("svhn", "svhn.pkl"), ("mnist", "mnist.pkl"), ("cifar10", "cifar10.pkl")])
 def test_a_pickle_that_names_code_is_refused(tmp_path, name, file):
     plant_traps(tmp_path, tmp_path / "pwned")
-    one_line_error(lvm("data", "show", name, "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", name, "--data-dir", tmp_path, "--no-download"),
                    str(tmp_path / file), "it names io.open;", "runs no code")
     assert not (tmp_path / "pwned").exists()
 
@@ -235,7 +222,7 @@ def test_a_cifar_batch_that_names_code_is_refused(tmp_path):
     plant_traps(tmp_path, tmp_path / "pwned")
     for name in ("mnist", "cifar10", "svhn"):
         (tmp_path / f"{name}.pkl").unlink()
-    one_line_error(lvm("data", "show", "cifar10", "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", "cifar10", "--data-dir", tmp_path, "--no-download"),
                    "data_batch_1", "not a CIFAR-10 batch", "it names io.open;")
     assert not (tmp_path / "pwned").exists()
 
@@ -274,17 +261,17 @@ def write_course_pickle(folder, name, train, test=None):
 def test_course_pickle_of_the_wrong_kind_is_one_line(tmp_path, name, train, expect):
     test = np.zeros((2, 32, 32, 3), np.uint8) if name == "svhn" else np.zeros((2, 28, 28, 1), np.uint8)
     write_course_pickle(tmp_path, name, train, test)
-    one_line_error(lvm("data", "show", name, "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", name, "--data-dir", tmp_path, "--no-download"),
                    f"{tmp_path / (name + '.pkl')}: ", expect)
 
 
 def test_course_pickle_not_a_dict_and_truncated(tmp_path):
     (tmp_path / "svhn.pkl").write_bytes(pickle.dumps([1, 2]))
-    one_line_error(lvm("data", "show", "svhn", "--data-dir", tmp_path), "not the course's pickle", "'train'")
+    one_line_error(invoke("data", "show", "svhn", "--data-dir", tmp_path), "not the course's pickle", "'train'")
     write_course_pickle(tmp_path, "svhn", np.zeros((4, 32, 32, 3), np.uint8))
     path = tmp_path / "svhn.pkl"
     path.write_bytes(path.read_bytes()[:-40])
-    one_line_error(lvm("data", "show", "svhn", "--data-dir", tmp_path), f"cannot read {path}: not the course's pickle")
+    one_line_error(invoke("data", "show", "svhn", "--data-dir", tmp_path), f"cannot read {path}: not the course's pickle")
 
 
 def test_course_pickle_of_wider_integers_in_range_is_read_exactly(tmp_path):
@@ -325,7 +312,7 @@ def test_gzip_bomb_is_read_no_further_than_its_header(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 4 << 20, peak  # a whole read would have taken 64 MiB
-    one_line_error(lvm("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
                    f"cannot read {bomb}", "more data than")
 
 
@@ -333,7 +320,7 @@ def test_idx_header_declaring_too_much_is_refused_before_reading(tmp_path):
     raw = mnist_dir(tmp_path)
     path = raw / "train-images-idx3-ubyte"
     path.write_bytes(struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", 4_000_000, 28, 28))
-    one_line_error(lvm("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
                    str(path), "3,136,000,000 bytes; lvm reads at most 1,073,741,824")
 
 
@@ -343,17 +330,17 @@ def test_idx_with_no_images_is_one_line_and_run_writes_nothing(tmp_path, split):
     mnist_dir(tmp_path, **({"train": empty} if split == "train" else {"test": empty}))
     path = tmp_path / "MNIST" / "raw" / f"{split}-images-idx3-ubyte"
     which = "train" if split == "train" else "test"
-    one_line_error(lvm("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
                    f"{path}: the {which} split holds no images")
     out = tmp_path / "row"
-    one_line_error(lvm("run", "vae", "--dataset", "mnist", "--data-dir", tmp_path, "--no-download",
+    one_line_error(invoke("run", "vae", "--dataset", "mnist", "--data-dir", tmp_path, "--no-download",
                        "--epochs", "1", "--out", out), "holds no images")
     assert not out.exists()
 
 
 def test_idx_of_other_image_sizes_is_one_line(tmp_path):
     mnist_dir(tmp_path, train=np.zeros((3, 28, 32)))
-    one_line_error(lvm("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", "mnist", "--data-dir", tmp_path, "--no-download"),
                    "train-images-idx3-ubyte: the train images have shape (3, 28, 32, 1)")
 
 
@@ -361,10 +348,10 @@ def test_svhn_mat_of_the_wrong_kind_is_one_line(tmp_path):
     scipy_io = pytest.importorskip("scipy.io")
     scipy_io.savemat(tmp_path / "train_32x32.mat", {"X": np.zeros((32, 32, 3, 2))})  # float64
     scipy_io.savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8)})
-    one_line_error(lvm("data", "show", "svhn", "--data-dir", tmp_path),
+    one_line_error(invoke("data", "show", "svhn", "--data-dir", tmp_path),
                    "train_32x32.mat: expected X, uint8 of 32x32x3xN; found double of (32, 32, 3, 2)")
     (tmp_path / "train_32x32.mat").write_bytes(b"MATLAB 5.0 but not really")
-    one_line_error(lvm("data", "show", "svhn", "--data-dir", tmp_path), "not an SVHN .mat file")
+    one_line_error(invoke("data", "show", "svhn", "--data-dir", tmp_path), "not an SVHN .mat file")
 
 
 def test_mat_bomb_is_refused_before_it_inflates(tmp_path):
@@ -393,7 +380,7 @@ def test_mat_bomb_is_refused_before_it_inflates(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, peak  # scipy alone would have taken the 32 MiB, and more
-    one_line_error(lvm("data", "show", "svhn", "--data-dir", tmp_path),
+    one_line_error(invoke("data", "show", "svhn", "--data-dir", tmp_path),
                    "train_32x32.mat: not an SVHN .mat file (ValueError: variable X inflates past")
 
 
@@ -435,9 +422,9 @@ def test_shapes_cache_writers_use_names_of_their_own(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("command", [["list"], ["data", "show", "svhn"]])
 def test_data_dir_of_an_unknown_user_is_one_line(command):
-    one_line_error(lvm(*command, env={"LVM_DATA_DIR": "~nosuchuser/x"}),
+    one_line_error(invoke(*command, env={"LVM_DATA_DIR": "~nosuchuser/x"}),
                    "$LVM_DATA_DIR=~nosuchuser/x: cannot expand '~'")
-    one_line_error(lvm(*command, "--data-dir", "~nosuchuser/x"), "--data-dir ~nosuchuser/x: cannot expand '~'")
+    one_line_error(invoke(*command, "--data-dir", "~nosuchuser/x"), "--data-dir ~nosuchuser/x: cannot expand '~'")
 
 
 # ----------------------------------------------------------------------------- missing data, downloads
@@ -452,7 +439,7 @@ def test_missing_data_offline_is_one_line_fast_and_creates_nothing(tmp_path, mon
     monkeypatch.setattr(torchvision.datasets.utils, "download_url", no_download)
     home = tmp_path / "cache" / "lvm"
     line = one_line_error(
-        lvm("data", "show", "svhn", env={"LVM_DATA_DIR": str(home)}),
+        invoke("data", "show", "svhn", env={"LVM_DATA_DIR": str(home)}),
         f"dataset 'svhn' not found: no train_32x32.mat, test_32x32.mat in {home} or {home / 'svhn'}",
         "http://ufldl.stanford.edu/housenumbers/", f"the course's {home / 'svhn.pkl'}",
         "--data-dir", "$LVM_DATA_DIR", "no download tried: cannot reach ufldl.stanford.edu:80",
@@ -462,11 +449,11 @@ def test_missing_data_offline_is_one_line_fast_and_creates_nothing(tmp_path, mon
 
 
 def test_missing_data_with_downloads_off_says_so(tmp_path):
-    one_line_error(lvm("data", "show", "cifar10", "--data-dir", tmp_path, "--no-download"),
+    one_line_error(invoke("data", "show", "cifar10", "--data-dir", tmp_path, "--no-download"),
                    "data_batch_1", "https://www.cs.toronto.edu/~kriz/cifar.html", "cifar10.pkl",
                    "no download tried (downloads turned off)")
     if not data.DEBIAN_FASHION_MNIST.exists():  # else the Debian package's files are found
-        one_line_error(lvm("data", "show", "fashion-mnist", "--data-dir", tmp_path, "--no-download"),
+        one_line_error(invoke("data", "show", "fashion-mnist", "--data-dir", tmp_path, "--no-download"),
                        "apt-get install dataset-fashion-mnist")
 
 
@@ -519,7 +506,7 @@ def fake_svhn_download(monkeypatch, fail_on=None):
 def test_download_moves_complete_files_into_the_data_dir(tmp_path, monkeypatch):
     fetched = fake_svhn_download(monkeypatch)
     home = tmp_path / "cache" / "lvm"
-    r = lvm("data", "show", "svhn", "--out", tmp_path / "s.png", env={"LVM_DATA_DIR": str(home)})
+    r = invoke("data", "show", "svhn", "--out", tmp_path / "s.png", env={"LVM_DATA_DIR": str(home)})
     assert r.exit_code == 0, r.output
     assert "svhn: 6 train, 2 test, one example: 3x32x32 uint8" in r.output
     assert fetched == ["http://ufldl.stanford.edu/housenumbers/train_32x32.mat",
@@ -530,7 +517,7 @@ def test_download_moves_complete_files_into_the_data_dir(tmp_path, monkeypatch):
 def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
     fake_svhn_download(monkeypatch, fail_on="test_32x32.mat")
     home = tmp_path / "cache" / "lvm"
-    one_line_error(lvm("data", "show", "svhn", env={"LVM_DATA_DIR": str(home)}),
+    one_line_error(invoke("data", "show", "svhn", env={"LVM_DATA_DIR": str(home)}),
                    "the download from ufldl.stanford.edu failed",
                    "(ConnectionResetError: [Errno 104] Connection reset by peer)")
     assert not (tmp_path / "cache").exists()
@@ -540,7 +527,7 @@ def test_no_download_into_a_data_dir_that_cannot_be_written(tmp_path, monkeypatc
     fetched = fake_svhn_download(monkeypatch)
     blocker = tmp_path / "file"
     blocker.write_text("")
-    one_line_error(lvm("data", "show", "svhn", env={"LVM_DATA_DIR": str(blocker / "lvm")}),
+    one_line_error(invoke("data", "show", "svhn", env={"LVM_DATA_DIR": str(blocker / "lvm")}),
                    f"no download tried: cannot write into {blocker}")
     assert fetched == []
 
@@ -558,13 +545,13 @@ def test_data_show_writes_its_picture_under_runs(tmp_path):
 
 
 def test_data_show_out_must_be_a_writable_png(tmp_path):
-    one_line_error(lvm("data", "show", "gaussians-b1", "--out", tmp_path / "x.txt"),
+    one_line_error(invoke("data", "show", "gaussians-b1", "--out", tmp_path / "x.txt"),
                    "x.txt: the picture is a PNG; give a path ending in .png")
     assert list(tmp_path.iterdir()) == []
     blocker = tmp_path / "file"
     blocker.write_text("")
     for out in (blocker / "x.png", blocker / "sub" / "x.png"):
-        one_line_error(lvm("data", "show", "gaussians-b1", "--out", out),
+        one_line_error(invoke("data", "show", "gaussians-b1", "--out", out),
                        f"cannot write {out}: {blocker} is a file, not a folder")
 
 
@@ -574,7 +561,7 @@ def test_data_show_into_a_read_only_folder(tmp_path):
     folder.mkdir()
     folder.chmod(0o500)
     try:
-        one_line_error(lvm("data", "show", "gaussians-b1", "--out", folder / "x.png"),
+        one_line_error(invoke("data", "show", "gaussians-b1", "--out", folder / "x.png"),
                        "cannot write", "Permission denied")
     finally:
         folder.chmod(0o700)
@@ -589,5 +576,5 @@ def test_data_show_refused_by_the_file_system(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", str(path))
 
     monkeypatch.setattr(files, "open", refuse, raising=False)
-    one_line_error(lvm("data", "show", "gaussians-b1", "--out", tmp_path / "x.png"),
+    one_line_error(invoke("data", "show", "gaussians-b1", "--out", tmp_path / "x.png"),
                    f"cannot write {tmp_path / 'x.png'}: permission denied")

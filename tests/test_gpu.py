@@ -9,61 +9,46 @@ import pytest
 import torch
 
 from lvm import registry
-from lvm.bench import random_batch
-from lvm.engine.data import DataInfo
 from lvm.engine.train import make_step
+from tests.helpers import bf16_models, every_model, stage_cases
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-# each model at its default (the course's) widths, on data of the kind it trains on
-CASES = {
-    "vae": DataInfo("shapes", "image", (3, 32, 32)),
-    "vlae": DataInfo("shapes", "image", (3, 32, 32)),
-    "vqvae": DataInfo("shapes", "image", (3, 32, 32)),
-    "pixelcnn": DataInfo("fashion-mnist-binary", "binary", (1, 32, 32)),
-}
 
-
-def _batch(info: DataInfo, n: int = 128) -> torch.Tensor:
-    return random_batch(info, n).cuda()
-
-
-def _build(name: str, info: DataInfo):
-    spec = registry.get(name)
-    return spec, spec.stages[0].build(spec.default_config(info)).cuda()  # the default model, as `lvm bench` builds it
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_training_step_never_waits_for_the_device(name):
+def _cases(name: str, variant: str | None, n: int):
+    """Every stage of the model at its default (the course's) widths, on the GPU, with n examples of
+    random data of the kind it trains on, as `lvm bench` builds it."""
     torch.manual_seed(0)
-    entry, model = _build(name, CASES[name])
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    step = make_step(model, opt, entry.train, torch.device("cuda"))
-    x = _batch(CASES[name])
-    for _ in range(2):  # warm-up: lazy initialisation (cuDNN plans, optimiser state) may sync
-        step(x)
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        for _ in range(3):
-            terms = step(x)
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    assert torch.isfinite(terms["loss"]).item()
+    return [(stage, model.cuda(), x.cuda()) for stage, model, x in stage_cases(name, variant, n)]
 
 
-@pytest.mark.parametrize("name", list(CASES))
-def test_bf16_autocast_on_cuda_keeps_loss_terms_float32_and_close(name):
-    torch.manual_seed(0)
-    _, model = _build(name, CASES[name])
-    model.eval()
-    x = _batch(CASES[name], 64)
-    torch.manual_seed(1)
-    exact = model.loss(x)
-    torch.manual_seed(1)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        rounded = model.loss(x)
-    for k, v in rounded.items():
-        assert v.dtype == torch.float32, k
-        torch.testing.assert_close(v, exact[k], rtol=0.05, atol=1e-3)
+@pytest.mark.parametrize("name,variant", every_model())
+def test_training_step_never_waits_for_the_device(name, variant):
+    train = registry.get(name).train
+    for stage, model, x in _cases(name, variant, 128):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        step = make_step(model, opt, train, torch.device("cuda"))
+        for _ in range(2):  # warm-up: lazy initialisation (cuDNN plans, optimiser state) may sync
+            step(x)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                terms = step(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert torch.isfinite(terms["loss"]).item(), stage
 
+
+@pytest.mark.parametrize("name,variant", bf16_models())
+def test_bf16_autocast_on_cuda_keeps_loss_terms_float32_and_close(name, variant):
+    for stage, model, x in _cases(name, variant, 64):
+        model.eval()
+        torch.manual_seed(1)
+        exact = model.loss(x)
+        torch.manual_seed(1)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            rounded = model.loss(x)
+        for k, v in rounded.items():
+            assert v.dtype == torch.float32, (stage, k)
+            torch.testing.assert_close(v, exact[k], rtol=0.05, atol=1e-3, msg=f"{stage} {k}")

@@ -24,6 +24,7 @@ from lvm.engine.errors import UserError
 from lvm.homework import helpers as hw
 from lvm.homework import solutions
 from lvm.homework.grade import QUESTIONS, Result, _curves, check_outputs, definitions, read_sources, run_question
+from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
 HOMEWORK = ROOT / "homework"
@@ -37,12 +38,6 @@ COURSE_NAMES = [
 def needs(*modules: str):
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)}")
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
-    assert "Traceback" not in result.output
-    return result
 
 
 @pytest.fixture

@@ -4,7 +4,6 @@ learning on real data, and the `lvm run pixelcnn` entry point with a tiny budget
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,8 +15,8 @@ from lvm.engine import pipeline as experiment
 from lvm.blocks.masked import MaskedConv2d
 from lvm.pixelcnn.model import GatedPixelCNN, PixelCNN, PixelCNNConfig, build
 from lvm.vqvae.model import make_prior
+from tests.helpers import fashion_mnist_on_disk, needs_fashion_mnist
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 TINY = dict(embed_dim=4, channels=8, head_channels=8)
 
 
@@ -192,14 +191,14 @@ def test_make_prior_and_course_defaults():
 
 
 def binary_slice(train: int, test: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if FASHION.exists():
+    if fashion_mnist_on_disk():
         d = datasets.load("fashion-mnist-binary", train_limit=train, test_limit=test, download=False)
         return d.train, d.test
     d = datasets.load("shapes", train_limit=train, test_limit=test)  # built in: always there
     return [(x.float().mean(1, keepdim=True) > 100).to(torch.uint8) for x in (d.train, d.test)]
 
 
-@pytest.mark.parametrize("kind", ["pixelcnn", "gated"])
+@pytest.mark.parametrize("kind", ["pixelcnn", pytest.param("gated", marks=pytest.mark.slow)])
 def test_training_lowers_test_nll_on_real_data(kind):
     torch.manual_seed(0)
     train, test = binary_slice(1024, 256)
@@ -217,13 +216,15 @@ def test_training_lowers_test_nll_on_real_data(kind):
     with torch.no_grad():
         after = model.loss(test)["loss"].item()
     assert before > 0.6  # about log 2 at initialisation
+    # on the generated shapes (no Fashion-MNIST): plain 0.753 -> 0.069, gated 0.702 -> 0.063, 0.09
+    # of the start, 8x under the bar (the model and its draws come from fixed seeds: every run)
     assert after < 0.75 * before, (before, after)
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-@pytest.mark.skipif(not FASHION.exists(), reason="Fashion-MNIST not on disk")
+@needs_fashion_mnist
 def test_run_writes_samples_and_metrics(tmp_path):
     options = {"gated": True, "channels": 8, "layers": 2, "embed_dim": 4, "head_channels": 8}
     metrics = experiment.train_row(registry.get("pixelcnn"), "fashion-mnist-binary", out=tmp_path, epochs=1,

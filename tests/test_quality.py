@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from lvm.engine.data import make_shapes
 from lvm.engine.errors import UserError
 from lvm.engine.quality import as_stored, frechet_distance, precision_recall, read_images, sample_quality, train_classifier
+from tests.helpers import single_thread
 
 
 def _nchw(a: np.ndarray) -> torch.Tensor:
@@ -24,11 +25,9 @@ def shapes_classifier():
     torch.manual_seed(0)
     x, y = make_shapes(3000, seed=0, labels=True)
     xt, yt = make_shapes(1000, seed=1, labels=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model, acc = train_classifier(_nchw(x), torch.from_numpy(y), _nchw(xt), torch.from_numpy(yt), "image",
-                                  epochs=3, width=16)
-    torch.set_num_threads(threads)
+    with single_thread():
+        model, acc = train_classifier(_nchw(x), torch.from_numpy(y), _nchw(xt), torch.from_numpy(yt), "image",
+                                      epochs=3, width=16)
     return model, acc, _nchw(xt), torch.from_numpy(yt)
 
 

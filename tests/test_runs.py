@@ -19,19 +19,10 @@ from click.testing import CliRunner
 
 from lvm.cli import cli
 from lvm.engine.checkpoint import stage_state
+from tests.helpers import invoke, one_line_error
 
 TINY = ["--dataset", "gaussians-b1", "--train-limit", "256", "--test-limit", "64", "--device", "cpu"]
 ENV = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(r, expect: str) -> None:
-    assert r.exit_code == 2, r.output
-    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1, r.output
-    assert expect in r.output, r.output
 
 
 def sha(path: Path) -> str:

@@ -14,13 +14,7 @@ from lvm.vqvae.model import make_prior
 from lvm.vqvae.transformer import TransformerPrior, TransformerPriorConfig
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only waits on the first, far slower on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # these models are tiny
 
 
 def tiny(levels: int = 7, shape: tuple[int, int] = (4, 5), **kw) -> TransformerPrior:

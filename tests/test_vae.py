@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import functools
-import io
 import json
 from dataclasses import asdict
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +17,7 @@ from lvm.blocks.made import MADE
 from lvm.engine.train import TrainConfig, fit
 from lvm.vae import VAE, VAEConfig
 from lvm.vlae import VLAE, AutoregressiveFlowPrior, VLAEConfig
+from tests.helpers import fashion_mnist_on_disk
 
 TINY = dict(latent_dim=4, enc_widths=(4, 8, 8, 8), dec_widths=(8, 8, 8, 4))
 
@@ -157,35 +156,13 @@ def test_batchnorm_in_eval_mode_makes_each_image_independent_of_its_batch():
     assert not torch.allclose(m.reconstruct(x)[:4], m.reconstruct(x[:4]), atol=1e-5)  # batch statistics
 
 
-@pytest.mark.parametrize("model", ["vae", "vlae"])
-def test_checkpoint_round_trips(model):
-    torch.manual_seed(0)
-    m = tiny(model)
-    with torch.no_grad():  # move away from the initialisation a fresh build would also give
-        for p in m.parameters():
-            p.add_(0.01 * torch.randn_like(p))
-    buffer = io.BytesIO()
-    torch.save(m.state_dict(), buffer)
-    config = json.loads(json.dumps(asdict(m.cfg)))  # as a checkpoint's meta stores it
-    spec = registry.get(model)
-    rebuilt = spec.stages[0].build(configs.from_dict(spec.config, config))
-    assert type(rebuilt) is type(m) and rebuilt.cfg == m.cfg
-    buffer.seek(0)
-    rebuilt.load_state_dict(torch.load(buffer, weights_only=True))
-    x = images(8)
-    torch.manual_seed(1)
-    a = m.loss(x)
-    torch.manual_seed(1)
-    b = rebuilt.loss(x)
-    assert all(torch.equal(a[k], b[k]) for k in a)
-
-
 @functools.lru_cache(maxsize=1)
 def real_slice():
-    name = "fashion-mnist" if Path("/usr/share/datasets/fashion-mnist").is_dir() else "shapes"
+    name = "fashion-mnist" if fashion_mnist_on_disk() else "shapes"  # shapes: always there
     return load(name, train_limit=2000, test_limit=500, download=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["vae", "vlae"])
 def test_training_lowers_test_neg_elbo(model):
     data = real_slice()
@@ -194,6 +171,8 @@ def test_training_lowers_test_neg_elbo(model):
     history = fit(m, data.train, data.test, TrainConfig(epochs=3, batch_size=32, device="cpu"))
     loss = history.test["loss"]
     assert len(history.train["loss"]) == 3 * 63  # ~200 steps
+    # on the generated shapes (no Fashion-MNIST), seeds 0/1/2: vae 0.26/0.32/0.38, vlae 0.25/0.32/0.37 of
+    # the start, every epoch lower, KL 8.8-11.3: the bar holds with a margin of 1.6x at least
     assert loss[-1] < 0.6 * loss[0], loss
     assert all(a > b for a, b in zip(loss, loss[1:])), loss  # and every epoch helps
     assert history.test["kl_loss"][-1] > 0  # the latent is in use

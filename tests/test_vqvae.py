@@ -21,8 +21,9 @@ from lvm.engine import data as datasets
 from lvm.engine import pipeline as experiment
 from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, codebook_usage, encode_all
+from tests.helpers import fashion_mnist_on_disk
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(**kw) -> VQVAEConfig:
@@ -32,12 +33,17 @@ def tiny(**kw) -> VQVAEConfig:
 # ----------------------------------------------------------------------------- quantizer
 
 
-def test_lookup_of_indices_is_the_quantized_tensor():
-    torch.manual_seed(0)
-    vq = VectorQuantizer(num_codes=16, code_dim=5).eval()
+def quantize(seed: int, num_codes: int, code_dim: int, shape: tuple[int, ...]):
+    """A quantizer with a N(0, I) codebook, a N(0, I) batch `z` of `shape`, and vq(z)."""
+    torch.manual_seed(seed)
+    vq = VectorQuantizer(num_codes=num_codes, code_dim=code_dim).eval()
     vq.codebook.data.normal_()
-    z = torch.randn(3, 5, 4, 6)
-    quantized, indices, loss = vq(z)
+    z = torch.randn(*shape)
+    return vq, z, vq(z)
+
+
+def test_lookup_of_indices_is_the_quantized_tensor():
+    vq, z, (quantized, indices, loss) = quantize(0, 16, 5, (3, 5, 4, 6))
     assert quantized.shape == z.shape and indices.shape == (3, 4, 6) and indices.dtype == torch.int64
     torch.testing.assert_close(vq.lookup(indices), quantized, atol=1e-6, rtol=0)
     # and the loss is codebook + beta * commitment, both equal to the mean squared distance in value
@@ -45,11 +51,7 @@ def test_lookup_of_indices_is_the_quantized_tensor():
 
 
 def test_indices_are_the_nearest_codes():
-    torch.manual_seed(1)
-    vq = VectorQuantizer(num_codes=32, code_dim=7).eval()
-    vq.codebook.data.normal_()
-    z = torch.randn(4, 7, 5, 5)
-    _, indices, _ = vq(z)
+    vq, z, (_, indices, _) = quantize(1, 32, 7, (4, 7, 5, 5))
     flat = z.permute(0, 2, 3, 1).reshape(-1, 7)
     expected = torch.cdist(flat, vq.codebook.data).argmin(1)
     assert torch.equal(indices.flatten(), expected)
@@ -161,14 +163,17 @@ def test_course_architecture_at_full_width():
     assert model.vq.codebook.abs().max() <= 1 / 128
 
 
+@pytest.mark.slow
 def test_training_lowers_test_reconstruction_loss():
-    name = "fashion-mnist" if datasets.DEBIAN_FASHION_MNIST.is_dir() else "shapes"
+    name = "fashion-mnist" if fashion_mnist_on_disk() else "shapes"  # shapes: always there
     data = datasets.load(name, train_limit=1024, test_limit=256, download=False)
     torch.manual_seed(0)
     model = VQVAE(tiny(channels=data.info.channels, num_codes=32, code_dim=16, width=16))
     history = fit(model, data.train, data.test, TrainConfig(epochs=6, batch_size=32, grad_clip=1.0))
     recon = history.test["recon_loss"]
     assert len(history.train["loss"]) == 6 * 32  # a few hundred steps
+    # on the generated shapes (no Fashion-MNIST), seeds 0/1/2: 0.15/0.12/0.14 of the start, all 32
+    # codes used: the bar holds with a margin of 3x at least
     assert recon[-1] < 0.5 * recon[0]
     assert codebook_usage(encode_all(model, data.test), 32)["codes_used"] > 1
 
@@ -210,6 +215,7 @@ def stand_in_prior(monkeypatch):
     return made
 
 
+@pytest.mark.slow
 def test_full_run_writes_every_file_and_resumes(tmp_path: Path, stand_in_prior):
     kw = dict(out=tmp_path, train_limit=64, test_limit=60, download=False, epochs=1, batch_size=32)
     metrics = experiment.train_row(registry.get("vqvae"), "shapes", overrides={"prior_epochs": 2, "prior": "gated"}, **kw)

@@ -47,6 +47,23 @@ time limit (`--timeout`, default 600 s); `grading()` is True while the grader ca
 """
 
 
+# the arguments of every question on the colour images (Q2, Q3), as its docstring lists them
+IMAGE_ARGS = """    train_data: uint8 array (n_train, 32, 32, 3), values 0..255
+    test_data: uint8 array (n_test, 32, 32, 3)
+    dset_id: 1 SVHN, 2 CIFAR-10
+"""
+
+
+def todo(definition: str) -> dict:
+    """The cell where a student writes a function: its def line and docstring, then the stub."""
+    return code(definition + "    # YOUR CODE HERE\n    raise NotImplementedError\n")
+
+
+def saves(call: str) -> list[dict]:
+    """One cell per dataset (1, 2) that saves a question's results: `call` with {} for the id."""
+    return [code(call.format(dset_id)) for dset_id in (1, 2)]
+
+
 def q1() -> list[dict]:
     return [
         md("""
@@ -100,7 +117,7 @@ visualize_q1_data('b', 2)
 Write `q1` below. You may add helper functions and classes in this cell or in new cells above it.
 All losses are **averaged over the batch, summed over the two dimensions, in nats**.
 """),
-        code('''
+        todo('''
 def q1(train_data, test_data, part, dset_id):
     """
     train_data: float32 array (n_train, 2)
@@ -116,14 +133,10 @@ def q1(train_data, test_data, part, dset_id):
     - samples_noise: array (1000, 2): z ~ p(z), then x ~ p(x|z)
     - samples_nonoise: array (1000, 2): z ~ p(z), then the mean of p(x|z)
     """
-    # YOUR CODE HERE
-    raise NotImplementedError
 '''),
         md("## Results"),
-        code("q1_save_results('a', 1, q1)"),
-        code("q1_save_results('a', 2, q1)"),
-        code("q1_save_results('b', 1, q1)"),
-        code("q1_save_results('b', 2, q1)"),
+        *saves("q1_save_results('a', {}, q1)"),
+        *saves("q1_save_results('b', {}, q1)"),
         md("""
 ## Your answers
 
@@ -187,13 +200,10 @@ CIFAR-10 (`dset_id` 2), or their stand-in (see below). Scale them to [-1, 1].
         code("visualize_svhn()"),
         code("visualize_cifar10()"),
         md("## Part (a): VAE"),
-        code('''
+        todo('''
 def q2_a(train_data, test_data, dset_id):
     """
-    train_data: uint8 array (n_train, 32, 32, 3), values 0..255
-    test_data: uint8 array (n_test, 32, 32, 3)
-    dset_id: 1 SVHN, 2 CIFAR-10
-
+''' + IMAGE_ARGS + '''
     Returns
     - train_losses: array (n_minibatches, 3): -ELBO, reconstruction loss, KL loss per minibatch
     - test_losses: array (n_epochs + 1, 3): the same on the test set, before training and after every epoch
@@ -201,20 +211,14 @@ def q2_a(train_data, test_data, dset_id):
     - reconstructions: float array (100, 32, 32, 3) in [0, 255]: 50 pairs, each a test image then its reconstruction
     - interpolations: float array (100, 32, 32, 3) in [0, 255]: 10 rows of 10 steps
     """
-    # YOUR CODE HERE
-    raise NotImplementedError
 '''),
-        code("q2_save_results('a', 1, q2_a)"),
-        code("q2_save_results('a', 2, q2_a)"),
+        *saves("q2_save_results('a', {}, q2_a)"),
         md("## Part (b): VLAE, a VAE with an autoregressive-flow prior"),
-        code('''
+        todo('''
 def q2_b(train_data, test_data, dset_id):
     """Same arguments and return values as q2_a."""
-    # YOUR CODE HERE
-    raise NotImplementedError
 '''),
-        code("q2_save_results('b', 1, q2_b)"),
-        code("q2_save_results('b', 2, q2_b)"),
+        *saves("q2_save_results('b', {}, q2_b)"),
         md("""
 ## Your answers
 
@@ -268,13 +272,10 @@ position by position from the PixelCNN and decode it.
         SETUP,
         DATA,
         STANDIN,
-        code('''
+        todo('''
 def q3(train_data, test_data, dset_id):
     """
-    train_data: uint8 array (n_train, 32, 32, 3), values 0..255
-    test_data: uint8 array (n_test, 32, 32, 3)
-    dset_id: 1 SVHN, 2 CIFAR-10
-
+''' + IMAGE_ARGS + '''
     Returns
     - vqvae_train_losses: array (n_minibatches,): the VQ-VAE loss of every training minibatch
     - vqvae_test_losses: array (n_epochs + 1,): on the test set, before training and after every epoch
@@ -283,11 +284,8 @@ def q3(train_data, test_data, dset_id):
     - samples: float array (100, 32, 32, 3) with values in [0, 255]
     - reconstructions: float array (100, 32, 32, 3) in [0, 255]: 50 pairs (test image, reconstruction)
     """
-    # YOUR CODE HERE
-    raise NotImplementedError
 '''),
-        code("q3_save_results(1, q3)"),
-        code("q3_save_results(2, q3)"),
+        *saves("q3_save_results({}, q3)"),
         md("""
 ## Your answers
 
@@ -363,16 +361,13 @@ thresholded at 127.5 by the helper; or its stand-in, binarised Fashion-MNIST).
         DATA,
         STANDIN,
         md("## Part (a)"),
-        code('''
+        todo('''
 def q4_a(train_data, test_data, dset_id):
     """Same arguments and return values as q3 in Question 3, with a Gated PixelCNN prior."""
-    # YOUR CODE HERE
-    raise NotImplementedError
 '''),
-        code("q4_a_save_results(1, q4_a)"),
-        code("q4_a_save_results(2, q4_a)"),
+        *saves("q4_a_save_results({}, q4_a)"),
         md("## Part (b)"),
-        code('''
+        todo('''
 def q4_b(train_data, test_data):
     """
     train_data: uint8 array (n_train, 28, 28, 1) of 0/1: binarised MNIST
@@ -385,8 +380,6 @@ def q4_b(train_data, test_data):
     - samples: array (100, 28, 28, 1) of 0/1
     - reconstructions: array (100, 28, 28, 1) of 0/1: 50 pairs, each a test image then its reconstruction
     """
-    # YOUR CODE HERE
-    raise NotImplementedError
 '''),
         code("q4_b_save_results(q4_b)"),
         md("""

@@ -245,6 +245,18 @@ print(name, data.info.kind, data.info.shape, "train", tuple(data.train.shape), d
 """
 
 
+# samples, reconstructions and interpolations of a trained image VAE (notebooks 2 and 3)
+VAE_PICTURES = """
+model.eval()
+show(plotting.save_image_grid(from_unit(model.sample(100)), out / "samples.png", "100 samples"))
+x = data.test[:20]                                          # uint8, as stored: what the models take
+show(plotting.save_reconstructions(x.float() / 255, from_unit(model.reconstruct(x)),
+                                   out / "recon.png", "test images (left) and reconstructions"))
+rows = model.interpolate(data.test[20:25], data.test[25:30], steps=10)   # (5, 10, C, 32, 32) in [-1, 1]
+show(plotting.save_interpolations(from_unit(rows), out / "interp.png", "interpolations"))
+"""
+
+
 def nb02() -> list[dict]:
     return [
         md("""
@@ -318,15 +330,7 @@ Samples decode $z \\sim \\mathcal N(0, I)$ (the decoder mean, as the course show
 decode the posterior mean of a test image. Interpolations decode evenly spaced points on the line
 between the posterior means of two test images: a smooth latent space gives a smooth morph.
 """),
-        code("""
-model.eval()
-show(plotting.save_image_grid(from_unit(model.sample(100)), out / "samples.png", "100 samples"))
-x = data.test[:20]                                          # uint8, as stored: what the models take
-show(plotting.save_reconstructions(x.float() / 255, from_unit(model.reconstruct(x)),
-                                   out / "recon.png", "test images (left) and reconstructions"))
-rows = model.interpolate(data.test[20:25], data.test[25:30], steps=10)   # (5, 10, C, 32, 32) in [-1, 1]
-show(plotting.save_interpolations(from_unit(rows), out / "interp.png", "interpolations"))
-""", ignore=True),
+        code(VAE_PICTURES, ignore=True),
         md("""
 With this tiny budget the reconstructions keep each image's outline and brightness but lose its
 details (on `shapes`, the fallback dataset, the position and size of the shape come before its
@@ -417,15 +421,7 @@ value of it, on a minibatch or on the test set, carries that draw's noise too. S
 $\\varepsilon \\sim \\mathcal N(0, I)$, invert the flow to $z$ (one MADE pass per latent
 dimension, 16), and decode.
 """),
-        code("""
-model.eval()
-show(plotting.save_image_grid(from_unit(model.sample(100)), out / "samples.png", "100 samples"))
-x = data.test[:20]                                          # uint8, as stored: what the models take
-show(plotting.save_reconstructions(x.float() / 255, from_unit(model.reconstruct(x)),
-                                   out / "recon.png", "test images (left) and reconstructions"))
-rows = model.interpolate(data.test[20:25], data.test[25:30], steps=10)   # (5, 10, C, 32, 32) in [-1, 1]
-show(plotting.save_interpolations(from_unit(rows), out / "interp.png", "interpolations"))
-""", ignore=True),
+        code(VAE_PICTURES, ignore=True),
         md("""
 At the course's budget the VLAE reaches a lower -ELBO than the VAE through a smaller KL: in the
 course's official solution on SVHN, -ELBO 102.57 against 104.04, KL 22.31 against 24.66, with a
