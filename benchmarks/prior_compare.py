@@ -8,7 +8,10 @@ codes of train and test are saved to `--codes`; a later call with the same file 
 variants added later (`--append`) are trained on exactly the same grids. Every prior then trains
 with the same TrainConfig (batch 128, Adam 1e-3 constant, clip 1: what `lvm run vqvae` gives its
 prior). Reported per prior: test NLL after every epoch (nats per code, and bits), the last
-epoch's mean training loss, parameters, training seconds, seconds to sample 100 grids.
+epoch's mean training loss, parameters, training seconds, seconds to sample 100 grids, and the
+quality of `--samples` samples decoded by the same VQ-VAE: fd, precision and recall against as
+many test images, in the features of the dataset's own classifier (`lvm.engine.quality`, whose
+test accuracy is recorded beside them). The FD is biased by N: compare priors only at equal N.
 
     python benchmarks/prior_compare.py                      # the three priors at course sizes
     python benchmarks/prior_compare.py --append --priors transformer:dropout=0.1 \\
@@ -33,6 +36,7 @@ from pathlib import Path
 import torch
 
 from lvm.engine import data as datasets
+from lvm.engine import quality
 from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae.model import make_prior
 from lvm.vqvae import codebook_usage, encode_all
@@ -111,6 +115,20 @@ def side_by_side(drawn: dict, path: Path, dataset: str) -> Path:
     return path
 
 
+def decoded_quality(prior, vqvae, shape: tuple[int, int], dataset: str, n: int, batch: int = 100) -> dict:
+    """fd, precision and recall of n grids drawn from `prior` and decoded by `vqvae`, against the
+    first n test images, with the dataset classifier's accuracy and the seconds it took."""
+    data = datasets.load(dataset, test_limit=n, download=False)
+    clf, accuracy = quality.classifier(dataset)
+    start = time.perf_counter()
+    torch.manual_seed(1)
+    with torch.no_grad():
+        fake = torch.cat([quality.as_stored(vqvae.decode_indices(prior.sample(min(batch, n - i), shape)),
+                                            data.info.kind, data.info.shape) for i in range(0, n, batch)])
+    scores = quality.sample_quality(clf, fake, data.test[:n])
+    return {**scores, "classifier_accuracy": accuracy, "quality_seconds": round(time.perf_counter() - start, 1)}
+
+
 def setup(args) -> dict:
     return {"dataset": args.dataset, "train_limit": args.train_limit, "test_limit": args.test_limit,
             "vqvae_train": args.vqvae_train, "vqvae_epochs": args.vqvae_epochs}
@@ -124,6 +142,7 @@ def main() -> None:
     parser.add_argument("--vqvae-train", type=int, default=5000, help="images the VQ-VAE trains on")
     parser.add_argument("--vqvae-epochs", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every prior")
+    parser.add_argument("--samples", type=int, default=500, help="samples scored by fd/precision/recall (0: none)")
     parser.add_argument("--priors", nargs="+", default=["pixelcnn", "gated", "transformer"])
     parser.add_argument("--codes", default="/tmp/lvm-prior-compare-codes.pt")
     parser.add_argument("--out", default=None, help="default: figures/vqvae/priors-compare-DATASET.json")
@@ -173,6 +192,8 @@ def main() -> None:
             "train_loss_last_epoch": sum(history.train["loss"][-per_epoch:]) / per_epoch,
             "epochs": args.epochs, "train_seconds": round(seconds, 1), "sample_100_seconds": round(sample_seconds, 2),
         }
+        if vqvae is not None and args.samples:
+            report["priors"][spec].update(decoded_quality(model, vqvae, shape, args.dataset, args.samples))
         print(spec, report["priors"][spec], flush=True)
         out.write_text(json.dumps(report, indent=2, default=list) + "\n")  # after each prior: partial runs count
     if drawn and not args.append:  # the figure shows the priors of one call side by side
