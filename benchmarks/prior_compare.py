@@ -123,7 +123,7 @@ def decoded_quality(prior, vqvae, shape: tuple[int, int], dataset: str, n: int, 
     start = time.perf_counter()
     torch.manual_seed(1)
     with torch.no_grad():
-        fake = torch.cat([quality.as_stored(vqvae.decode_indices(prior.sample(min(batch, n - i), shape)),
+        fake = torch.cat([quality.as_stored(vqvae.decode(prior.sample(min(batch, n - i), shape)),
                                             data.info.kind, data.info.shape) for i in range(0, n, batch)])
     scores = quality.sample_quality(clf, fake, data.test[:n])
     return {**scores, "classifier_accuracy": accuracy, "quality_seconds": round(time.perf_counter() - start, 1)}
