@@ -1,6 +1,6 @@
 """Where datasets' files live and how they are read: torchvision's on-disk layouts, the course's
 pickles, downloads, and the data dir (`--data-dir`, else `$LVM_DATA_DIR`, else `~/.cache/lvm`).
-The registry of datasets that uses these stores is `lvm.engine.data`.
+The table of datasets that uses these stores is `lvm.engine.data`.
 
 Files are read in torchvision's own on-disk layout under the data dir, so a folder torchvision
 filled works as it is. Reading them cannot hurt the user:

@@ -50,7 +50,8 @@ class PixelCNNConfig:
 class GridModel(nn.Module):
     """What both models share: tokens in through an embedding, cross-entropy out, sampling.
 
-    A subclass sets `self.embed` and implements `stack(e)`: embedded grid (B, E, H, W) ->
+    A subclass calls `super().__init__(cfg, reach)` (which makes the embedding) and implements
+    `stack(e)`: embedded grid (B, E, H, W) ->
     logits (B, levels, H, W), where the logits at a position depend only on the embeddings of
     the positions before it in raster order (the tests check this through `stack`).
     """
@@ -60,6 +61,11 @@ class GridModel(nn.Module):
     embed: nn.Embedding
     # how far the logits at one position look: rows above and columns to either side
     reach: int
+
+    def __init__(self, cfg: PixelCNNConfig, reach: int):
+        super().__init__()
+        self.cfg, self.levels, self.reach = cfg, cfg.levels, reach
+        self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
 
     def stack(self, e: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -127,11 +133,7 @@ class ResidualBlock(nn.Module):
 
 class PixelCNN(GridModel):
     def __init__(self, cfg: PixelCNNConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.levels = cfg.levels
-        self.reach = masked_reach(cfg.first_kernel, cfg.kernel, cfg.depth)
-        self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
+        super().__init__(cfg, masked_reach(cfg.first_kernel, cfg.kernel, cfg.depth))
         self.net = nn.Sequential(
             MaskedConv2d("A", cfg.embed_dim, cfg.channels, cfg.first_kernel),
             *[ResidualBlock(cfg.channels, cfg.kernel) for _ in range(cfg.depth)],
@@ -146,11 +148,7 @@ class PixelCNN(GridModel):
 
 class GatedPixelCNN(GridModel):
     def __init__(self, cfg: PixelCNNConfig):
-        super().__init__()
-        self.cfg = cfg
-        self.levels = cfg.levels
-        self.reach = gated_reach(cfg.first_kernel, cfg.kernel, cfg.depth)
-        self.embed = nn.Embedding(cfg.levels, cfg.embed_dim)
+        super().__init__(cfg, gated_reach(cfg.first_kernel, cfg.kernel, cfg.depth))
         self.layers = nn.ModuleList(
             [GatedLayer(cfg.embed_dim, cfg.channels, cfg.first_kernel, first=True)]
             + [GatedLayer(cfg.channels, cfg.channels, cfg.kernel) for _ in range(cfg.depth - 1)]
