@@ -23,7 +23,8 @@ from lvm.cli import cli
 from lvm.engine.errors import UserError
 from lvm.homework import helpers as hw
 from lvm.homework import solutions
-from lvm.homework.grade import QUESTIONS, Result, _curves, check_outputs, definitions, read_sources, run_question
+from lvm.homework.grade import (QUESTIONS, TRAIN_SIZES, Result, _curves, check_outputs, definitions, read_sources,
+                                run_question)
 from tests.helpers import invoke
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -404,7 +405,10 @@ def test_grader_passes_reference_q1():
     pytest.param("q4b", marks=needs("lvm.pixelvae")),
 ])
 def test_grader_passes_reference_image_questions(question):
-    r = run_question("reference", question, 128, timeout=600)
+    """At the training-set sizes `lvm grade` uses: some checks (the VQ-VAE's reconstructions
+    explain its images) hold only once the budget lets an honest model learn, and the grader
+    never runs below these sizes (at 128 shapes the reference's R^2 is -1.07; at 512, 0.56)."""
+    r = run_question("reference", question, TRAIN_SIZES[question], timeout=600)
     assert r.passed, [c.message for c in r.checks if not c.ok] or r.output
 
 
