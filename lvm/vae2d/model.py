@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from lvm.engine.config import Range
-from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize
 from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
 
 
