@@ -536,7 +536,7 @@ n_plain = plain.sum().item()
 at_mode = sum(torch.bincount(test_codes[:, i, j][plain[:, i, j]]).max().item()
               for i in range(8) for j in range(8) if plain[:, i, j].any())
 print(f"plain patches: {n_plain} of {plain.numel()}, taking {test_codes[plain].unique().numel()} distinct codes; "
-      f"{at_mode / n_plain:.0%} of them take the code most common at their grid position")
+      f"{at_mode / max(n_plain, 1):.0%} of them take the code most common at their grid position")
 """, ignore=True),
         md("""
 So plain background is not one code: it takes several, and which one depends mostly on where the
