@@ -18,7 +18,10 @@ test accuracy is recorded beside them). The FD is biased by N: compare priors on
         transformer:n_layer=12,d_model=192,n_head=6        # variants, on the same codes
 
 A prior is `kind` or `kind:field=value,...` with fields of its config (make_prior's overrides
-for pixelcnn and gated; TransformerPriorConfig's for transformer).
+for pixelcnn and gated; TransformerPriorConfig's for transformer), optionally followed by
+`@field=value,...` with fields of its TrainConfig (the schedule of that prior alone):
+
+    python benchmarks/prior_compare.py --append --priors transformer@lr_schedule=cosine,warmup=5
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import platform
 import shlex
 import sys
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -60,9 +64,20 @@ def parse_value(v: str):
     return v
 
 
+def fields(text: str) -> dict:
+    return {k: parse_value(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
+
+
+def training(spec: str, base: TrainConfig) -> TrainConfig:
+    """The TrainConfig of one prior: `base` changed by the fields after the spec's `@`."""
+    cfg = replace(base, **fields(spec.partition("@")[2]))
+    cfg.validate()
+    return cfg
+
+
 def build(spec: str, levels: int, shape: tuple[int, int]) -> torch.nn.Module:
-    kind, _, rest = spec.partition(":")
-    overrides = {k: parse_value(v) for k, v in (kv.split("=") for kv in rest.split(",") if kv)}
+    kind, _, rest = spec.partition("@")[0].partition(":")
+    overrides = fields(rest)
     if kind == "transformer":
         return TransformerPrior(TransformerPriorConfig(levels=levels, shape=shape, **overrides))
     return make_prior(kind, levels, **overrides)
@@ -173,7 +188,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = build(spec, levels, shape)
         start = time.perf_counter()
-        history = fit(model, train, test, cfg, desc=spec)
+        prior_cfg = training(spec, cfg)
+        history = fit(model, train, test, prior_cfg, desc=spec)
         seconds = time.perf_counter() - start
         model.eval()
         start = time.perf_counter()
@@ -183,14 +199,15 @@ def main() -> None:
             drawn[spec] = (vqvae.decode(grids), nll[-1] if (nll := history.test["loss"]) else None,
                            sum(p.numel() for p in model.parameters()))
         nll = history.test["loss"]
-        per_epoch = math.ceil(len(train) / cfg.batch_size)
+        per_epoch = math.ceil(len(train) / prior_cfg.batch_size)
         report["priors"][spec] = {
             "config": {k: v for k, v in vars(model.cfg).items()},
+            "train": {k: v for k, v in asdict(prior_cfg).items() if k in ("batch_size", "lr", "grad_clip", "lr_schedule", "warmup")},
             "parameters": sum(p.numel() for p in model.parameters()),
             "test_nll_nats": nll[-1], "test_nll_bits": nll[-1] / math.log(2),
             "test_nll_by_epoch": [round(v, 4) for v in nll],
             "train_loss_last_epoch": sum(history.train["loss"][-per_epoch:]) / per_epoch,
-            "epochs": args.epochs, "train_seconds": round(seconds, 1), "sample_100_seconds": round(sample_seconds, 2),
+            "epochs": prior_cfg.epochs, "train_seconds": round(seconds, 1), "sample_100_seconds": round(sample_seconds, 2),
         }
         if vqvae is not None and args.samples:
             report["priors"][spec].update(decoded_quality(model, vqvae, shape, args.dataset, args.samples))

@@ -1,5 +1,6 @@
 """The one trainer: it learns, it records the course's curves, and it never loses a run."""
 
+import math
 import os
 import signal
 from dataclasses import replace
@@ -13,7 +14,7 @@ from lvm import load_model, registry
 from lvm.cli import flag
 from lvm.engine.checkpoint import load as load_checkpoint
 from lvm.engine.checkpoint import stage_state
-from lvm.engine.train import Diverged, Interrupted, TrainConfig, evaluate, fit
+from lvm.engine.train import Diverged, Interrupted, TrainConfig, evaluate, fit, lr_factor
 from lvm.vae2d.model import VAE2d, VAE2dConfig
 
 
@@ -182,3 +183,33 @@ def test_bad_numbers_are_rejected():
     for bad in (dict(epochs=0), dict(batch_size=0), dict(lr=0.0), dict(lr=float("nan")), dict(lr_schedule="step")):
         with pytest.raises(UserError):
             TrainConfig(**bad).validate()
+
+
+def test_warmup_rises_linearly_then_the_schedule_takes_over():
+    total, warm = 40, 8
+    cosine = [lr_factor("cosine", warm, total, t) for t in range(total)]
+    assert cosine[:warm] == pytest.approx([(t + 1) / warm for t in range(warm)])
+    assert cosine[warm] == 1.0 and all(a >= b for a, b in zip(cosine[warm:], cosine[warm + 1:]))
+    assert cosine[-1] < 0.01
+    assert [lr_factor("constant", warm, total, t) for t in range(warm, total)] == [1.0] * (total - warm)
+    # no warm-up: the cosine of the whole run, as before the warm-up existed
+    assert [lr_factor("cosine", 0, total, t) for t in range(total)] == pytest.approx(
+        [0.5 * (1 + math.cos(math.pi * t / total)) for t in range(total)])
+
+
+def test_the_optimiser_follows_the_warmup(monkeypatch):
+    seen, step = [], torch.optim.Adam.step
+
+    def recording(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording)
+    torch.manual_seed(0)
+    data = regression_data(64)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e-2, device="cpu", lr_schedule="cosine", warmup=3, log_every=1)
+    fit(Regression(), data, data[:16], cfg)
+    assert seen == pytest.approx([1e-2 * lr_factor("cosine", 3, 8, t) for t in range(8)])
+    assert seen[0] < seen[1] < seen[2] == pytest.approx(1e-2) and seen[-1] < seen[3]
+    with pytest.raises(UserError):
+        TrainConfig(warmup=-1).validate()

@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     lr_schedule: str = "constant"  # constant (the course) | cosine (decays to 0 over the run)
+    warmup: int = 0  # steps of linear warm-up from lr/warmup to lr before the schedule (0: none)
     cpu_threads: int | None = None  # torch's intra-op threads on the CPU; None = torch's default
     # The fast path, each part where the hardware pays for it (`fast_path` decides "auto"):
     # amp: bf16 autocast of the training step: "auto" = on CUDA and on CPUs with native bf16 units
@@ -68,11 +69,26 @@ class TrainConfig:
             raise UserError(f"{{lr}} must be a positive number, got {self.lr}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise UserError(f"lr schedule must be constant or cosine, got {self.lr_schedule!r}")
+        if not 0 <= self.warmup <= 10**7:
+            raise UserError(f"warm-up must be between 0 and 10000000 steps, got {self.warmup}")
         for name in ("amp", "channels_last"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise UserError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise UserError(f"grad clip must be positive, got {self.grad_clip}")
+
+
+def lr_factor(schedule: str, warmup: int, total: int, step: int) -> float:
+    """The learning rate at `step` (0-based) of `total`, as a fraction of the configured one: a
+    linear warm-up over the first `warmup` steps (1/warmup, 2/warmup, ... 1), then constant, or a
+    cosine from 1 down to 0 over the steps that remain (a final iterate at lr ~ 0 is not bounced
+    around by the minibatches' noise)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    rest = max(total - warmup, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup, rest) / rest))
 
 
 @dataclass
@@ -133,7 +149,7 @@ def resolve_device(name: str) -> torch.device:
 # What a resumed run must keep: these decide what the run computes. Everything else (device,
 # precision, threads) is how it computes, and may change between sessions; `epochs` may grow, to
 # extend a run (the schedule is then that of the new total, from the step reached).
-RESUME_FIXED = ("batch_size", "lr", "grad_clip", "seed", "lr_schedule")
+RESUME_FIXED = ("batch_size", "lr", "grad_clip", "seed", "lr_schedule", "warmup")
 
 
 class Checkpoint(Protocol):
@@ -451,12 +467,8 @@ class _Trainer:
             raise UserError(f"{self.size} processes cannot share a minibatch of {smallest} examples (the last of each "
                             f"epoch of {len(train)} at {{batch_size}} {cfg.batch_size}); change {{batch_size}} or "
                             "{train_limit}")
-        total = cfg.epochs * self.per_epoch
-        if cfg.lr_schedule == "cosine":  # a final iterate at lr ~ 0 is not bounced around by noise
-            self.sched = torch.optim.lr_scheduler.LambdaLR(
-                self.opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total)))
-        else:
-            self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda t: 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, functools.partial(lr_factor, cfg.lr_schedule, cfg.warmup, cfg.epochs * self.per_epoch))
         self.history, self.epoch, self.step = History(), 0, 0
         self.any_saved = False
         self.pending: list[dict[str, torch.Tensor]] = []  # minibatch losses not yet read back
