@@ -83,6 +83,23 @@ def build(spec: str, levels: int, shape: tuple[int, int]) -> torch.nn.Module:
     return make_prior(kind, levels, **overrides)
 
 
+def trained_vqvae(args, data) -> tuple[VQVAE, dict]:
+    """The VQ-VAE whose codes the priors learn, and how it was trained: the first stage of the
+    row `--vqvae-checkpoint` (an `lvm run vqvae` checkpoint), else one trained here."""
+    if args.vqvae_checkpoint:
+        import lvm
+
+        model, meta = lvm.load_model(args.vqvae_checkpoint)
+        return model.vqvae.eval(), {"checkpoint": args.vqvae_checkpoint}
+    torch.manual_seed(0)
+    vqvae = VQVAE(VQVAEConfig(channels=data.info.channels))
+    start = time.perf_counter()
+    history = fit(vqvae, data.train[: args.vqvae_train], data.test,
+                  TrainConfig(epochs=args.vqvae_epochs, grad_clip=1.0, device="cpu"), desc="vqvae")
+    return vqvae, {"images": args.vqvae_train, "epochs": args.vqvae_epochs,
+                   "seconds": round(time.perf_counter() - start, 1), "test": {k: v[-1] for k, v in history.test.items()}}
+
+
 def get_codes(args) -> dict:
     path = Path(args.codes)
     if path.exists():
@@ -91,18 +108,11 @@ def get_codes(args) -> dict:
             sys.exit(f"{path} holds codes of another setup {saved['setup']}; pass another --codes")
         return saved
     data = datasets.load(args.dataset, train_limit=args.train_limit, test_limit=args.test_limit, download=False)
-    torch.manual_seed(0)
-    vqvae = VQVAE(VQVAEConfig(channels=data.info.channels))
-    start = time.perf_counter()
-    history = fit(vqvae, data.train[: args.vqvae_train], data.test,
-                  TrainConfig(epochs=args.vqvae_epochs, grad_clip=1.0, device="cpu"), desc="vqvae")
-    seconds = time.perf_counter() - start
+    vqvae, trained = trained_vqvae(args, data)
     train, test = encode_all(vqvae, data.train), encode_all(vqvae, data.test)  # (N, 8, 8) each
     saved = {"setup": setup(args), "train": train, "test": test, "vqvae": {
-        "images": args.vqvae_train, "epochs": args.vqvae_epochs, "seconds": round(seconds, 1),
-        "test": {k: v[-1] for k, v in history.test.items()},
-        "test_codebook": codebook_usage(test, vqvae.cfg.num_codes), "num_codes": vqvae.cfg.num_codes},
-        "vqvae_state": vqvae.state_dict(), "channels": data.info.channels}
+        **trained, "test_codebook": codebook_usage(test, vqvae.cfg.num_codes), "num_codes": vqvae.cfg.num_codes},
+        "vqvae_state": vqvae.state_dict(), "vqvae_config": asdict(vqvae.cfg), "channels": data.info.channels}
     torch.save(saved, path)
     return saved
 
@@ -144,7 +154,25 @@ def decoded_quality(prior, vqvae, shape: tuple[int, int], dataset: str, n: int, 
     return {**scores, "classifier_accuracy": accuracy, "quality_seconds": round(time.perf_counter() - start, 1)}
 
 
+def floors(vqvae, dataset: str, n: int, batch: int = 100) -> dict:
+    """What no prior can beat, in the same features and at the same n as its samples: the FD of
+    n other test images (the metric's own noise at this n), and of the VQ-VAE's reconstructions
+    of them (its decoder's blur: samples drawn from a perfect prior decode no better), each
+    against the first n test images."""
+    data = datasets.load(dataset, test_limit=2 * n, download=False)
+    clf, accuracy = quality.classifier(dataset)
+    other = data.test[n : 2 * n]
+    with torch.no_grad():
+        recon = torch.cat([quality.as_stored(vqvae.decode(vqvae.encode(other[i : i + batch])), data.info.kind,
+                                             data.info.shape) for i in range(0, len(other), batch)])
+    return {"real": quality.sample_quality(clf, other, data.test[:n]),
+            "reconstructions": quality.sample_quality(clf, recon, data.test[:n]), "classifier_accuracy": accuracy}
+
+
 def setup(args) -> dict:
+    if args.vqvae_checkpoint:
+        return {"dataset": args.dataset, "train_limit": args.train_limit, "test_limit": args.test_limit,
+                "vqvae_checkpoint": args.vqvae_checkpoint}
     return {"dataset": args.dataset, "train_limit": args.train_limit, "test_limit": args.test_limit,
             "vqvae_train": args.vqvae_train, "vqvae_epochs": args.vqvae_epochs}
 
@@ -156,6 +184,8 @@ def main() -> None:
     parser.add_argument("--test-limit", type=int, default=1000)
     parser.add_argument("--vqvae-train", type=int, default=5000, help="images the VQ-VAE trains on")
     parser.add_argument("--vqvae-epochs", type=int, default=2)
+    parser.add_argument("--vqvae-checkpoint", default=None,
+                        help="take the VQ-VAE of this `lvm run vqvae` checkpoint instead of training one")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every prior")
     parser.add_argument("--samples", type=int, default=500, help="samples scored by fd/precision/recall (0: none)")
     parser.add_argument("--priors", nargs="+", default=["pixelcnn", "gated", "transformer"])
@@ -181,9 +211,12 @@ def main() -> None:
     cfg = TrainConfig(epochs=args.epochs, batch_size=128, lr=1e-3, grad_clip=1.0, device="cpu")
     vqvae, drawn = None, {}
     if "vqvae_state" in codes:  # codes saved by this version also keep the VQ-VAE, to decode samples
-        vqvae = VQVAE(VQVAEConfig(channels=codes["channels"]))
+        vqvae = VQVAE(VQVAEConfig(**codes.get("vqvae_config", {"channels": codes["channels"]})))
         vqvae.load_state_dict(codes["vqvae_state"])
         vqvae.eval()
+    if vqvae is not None and args.samples and report.get("floors", {}).get("samples") != args.samples:
+        report["floors"] = {"samples": args.samples, **floors(vqvae, args.dataset, args.samples)}
+        print("floors", report["floors"], flush=True)
     for spec in args.priors:
         torch.manual_seed(0)
         model = build(spec, levels, shape)
