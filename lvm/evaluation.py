@@ -67,7 +67,7 @@ def score_images(dataset: str, images: str | Path, *, data_dir: str | Path | Non
     if data.info.kind == "points":
         raise UserError(f"'{dataset}' holds points, not images: the sample metrics are for images")
     fake = quality.read_images(images, data.info.kind, data.info.shape)
-    clf, acc = quality.classifier(dataset, data_dir)
+    clf, acc = quality.classifier(dataset, data_dir, download=download)
     n = min(len(fake), len(data.test))
     numbers = {"dataset": dataset, "images": str(images),
                **quality.sample_quality(clf, fake[:n], data.test[:n]), "classifier_accuracy": acc}

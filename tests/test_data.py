@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 
 from lvm.cli import cli
-from lvm.engine import data, stores
+from lvm.engine import data, quality, stores
 from lvm.engine.errors import UserError
 from tests.helpers import invoke, one_line_error
 
@@ -117,17 +117,40 @@ def test_truncated_idx_names_the_file(tmp_path):
         data.load("mnist", tmp_path, download=False)
 
 
+CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def write_cifar(folder, protocol=2, n=4, seed=0, **entry):
+    """Six batches of `n` random images and classes in DATA/cifar-10-batches-py, as the site's
+    python version holds them (`entry` replaces or adds keys of every batch); returns the
+    batches' dicts by file name."""
+    (folder / "cifar-10-batches-py").mkdir(exist_ok=True)
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for name in CIFAR_BATCHES:
+        batches[name] = {"batch_label": "x", "data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "labels": rng.integers(0, 10, n).tolist(), "filenames": ["a.png"] * n, **entry}
+        with open(folder / "cifar-10-batches-py" / name, "wb") as f:
+            pickle.dump(batches[name], f, protocol=protocol)
+    return batches
+
+
+def write_svhn(folder, counts=(6, 2), seed=0, compressed=False, y=None):
+    """{train,test}_32x32.mat of random images and digits 1..10 (10 for 0), as format 2 holds
+    them (y a double N x 1); `y` (split -> array) replaces the digits. Returns X and y by split."""
+    scipy_io = pytest.importorskip("scipy.io")
+    rng = np.random.default_rng(seed)
+    x = {s: rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8) for s, n in zip(("train", "test"), counts)}
+    ys = {s: rng.integers(1, 11, (n, 1)).astype(np.float64) for s, n in zip(("train", "test"), counts)}
+    ys.update(y or {})
+    for split in x:
+        scipy_io.savemat(folder / f"{split}_32x32.mat", {"X": x[split], "y": ys[split]}, do_compression=compressed)
+    return x, ys
+
+
 @pytest.mark.parametrize("protocol", [2, 5])  # the real batches were pickled by Python 2
 def test_cifar10_reads_python_batches(tmp_path, protocol):
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    batches = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batches[name] = rng.integers(0, 256, (4, 3072), dtype=np.uint8)
-        with open(folder / name, "wb") as f:
-            pickle.dump({"batch_label": "x", "data": batches[name], "labels": [0] * 4,
-                         "filenames": ["a.png"] * 4}, f, protocol=protocol)
+    batches = {k: b["data"] for k, b in write_cifar(tmp_path, protocol).items()}
     d = data.load("cifar10", tmp_path, download=False)
     assert d.train.shape == (20, 3, 32, 32) and d.test.shape == (4, 3, 32, 32)
     # CIFAR rows are channel-major: the first 1024 bytes are the red plane
@@ -136,12 +159,7 @@ def test_cifar10_reads_python_batches(tmp_path, protocol):
 
 @pytest.mark.parametrize("compressed", [False, True])  # the site's files are compressed
 def test_svhn_reads_mat_files(tmp_path, compressed):
-    scipy_io = pytest.importorskip("scipy.io")
-    rng = np.random.default_rng(0)
-    x = {s: rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8) for s, n in (("train", 6), ("test", 2))}
-    for split, arr in x.items():
-        scipy_io.savemat(tmp_path / f"{split}_32x32.mat", {"X": arr, "y": np.ones((arr.shape[3], 1))},
-                         do_compression=compressed)
+    x, _ = write_svhn(tmp_path, compressed=compressed)
     d = data.load("svhn", tmp_path, download=False)
     assert d.train.shape == (6, 3, 32, 32) and d.test.shape == (2, 3, 32, 32)
     assert torch.equal(d.train[1], torch.from_numpy(x["train"][..., 1]).permute(2, 0, 1))
@@ -382,6 +400,117 @@ def test_mat_bomb_is_refused_before_it_inflates(tmp_path):
     assert peak < 8 << 20, peak  # scipy alone would have taken the 32 MiB, and more
     one_line_error(invoke("data", "show", "svhn", "--data-dir", tmp_path),
                    "train_32x32.mat: not an SVHN .mat file (ValueError: variable X inflates past")
+
+
+# ----------------------------------------------------------------------------- labels, for the sample metrics
+
+
+def mnist_with_labels(tmp_path, train_labels=(3, 1, 4, 1, 5), test_labels=(9, 2), gz=False):
+    raw = mnist_dir(tmp_path, np.zeros((5, 28, 28)), np.zeros((2, 28, 28)), gz)
+    write_idx(raw / "train-labels-idx1-ubyte", np.array(train_labels), gz)
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.array(test_labels), gz)
+    return raw
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_labels_are_read_beside_the_images(tmp_path, gz):
+    mnist_with_labels(tmp_path, gz=gz)
+    train, test = quality.labels("mnist-binary", tmp_path, download=False)
+    assert train.dtype == test.dtype == np.int64
+    assert train.tolist() == [3, 1, 4, 1, 5] and test.tolist() == [9, 2]
+
+
+def test_cifar10_labels_are_read_from_the_batches(tmp_path):
+    batches = write_cifar(tmp_path)
+    train, test = quality.labels("cifar10", tmp_path, download=False)
+    assert train.dtype == test.dtype == np.int64
+    assert train.tolist() == [y for name in CIFAR_BATCHES[:5] for y in batches[name]["labels"]]
+    assert test.tolist() == batches["test_batch"]["labels"]
+
+
+def test_svhn_labels_write_the_digit_0_as_10(tmp_path):
+    _, y = write_svhn(tmp_path, compressed=True, y={"train": np.array([[10.0], [1], [9], [10], [2], [5]])})
+    train, test = quality.labels("svhn", tmp_path, download=False)
+    assert train.dtype == test.dtype == np.int64
+    assert train.tolist() == [0, 1, 9, 0, 2, 5] and test.tolist() == [v % 10 for v in y["test"].ravel().astype(int)]
+
+
+def test_the_course_pickle_takes_its_labels_from_the_datasets_files(tmp_path):
+    write_course_pickle(tmp_path, "mnist", np.zeros((5, 28, 28, 1), np.uint8), np.zeros((2, 28, 28, 1), np.uint8))
+    one_line_error(score(tmp_path, "mnist"), "mnist.pkl holds no labels", "train-images-idx3-ubyte")
+    mnist_with_labels(tmp_path)
+    assert quality.labels("mnist", tmp_path, download=False)[0].tolist() == [3, 1, 4, 1, 5]
+    write_course_pickle(tmp_path, "mnist", np.zeros((4, 28, 28, 1), np.uint8), np.zeros((2, 28, 28, 1), np.uint8))
+    one_line_error(score(tmp_path, "mnist"), "'mnist' has 5 training and 2 test labels but 4 and 2 images")
+
+
+def score(tmp_path, name):
+    """`lvm eval --dataset NAME --images FILE.npz` of four blank images, offline: the classifier's
+    first training reads the labels."""
+    np.savez(tmp_path / "fake.npz", images=np.zeros((4, 32, 32, 1 if "mnist" in name else 3), np.uint8))
+    return invoke("eval", "--dataset", name, "--images", tmp_path / "fake.npz", "--data-dir", tmp_path, "--no-download")
+
+
+def bad_cifar(tmp_path, case):
+    if case == "no labels":
+        batches = write_cifar(tmp_path)
+        with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as f:
+            pickle.dump({"data": batches["test_batch"]["data"]}, f, protocol=2)
+    else:
+        write_cifar(tmp_path, labels={"short": [0, 1, 2], "range": [0, 1, 10, 3], "str": ["a"] * 4}[case])
+
+
+def bad_svhn(tmp_path, case):
+    if case == "no labels":
+        write_svhn(tmp_path)
+        pytest.importorskip("scipy.io").savemat(tmp_path / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8)})
+    else:
+        write_svhn(tmp_path, y={"train": {"short": np.ones((5, 1)), "range": np.zeros((6, 1)),
+                                          "str": np.full((6, 1), 1.5)}[case]})
+
+
+def bad_mnist(tmp_path, case):
+    raw = mnist_with_labels(tmp_path, train_labels={"short": [1] * 4, "range": [1, 2, 3, 4, 12]}.get(case, [1] * 5))
+    if case == "no labels":
+        (raw / "t10k-labels-idx1-ubyte").unlink()
+    elif case == "str":
+        (raw / "train-labels-idx1-ubyte").write_bytes(b"not idx")
+
+
+@pytest.mark.parametrize("name,write,file", [("cifar10", bad_cifar, "data_batch_1"), ("svhn", bad_svhn, "train_32x32.mat"),
+                                             ("mnist", bad_mnist, "train-labels-idx1-ubyte")])
+@pytest.mark.parametrize("case,expect", [("short", "labels for"), ("range", "labels run"), ("str", ""),
+                                         ("no labels", "labels")])
+def test_bad_labels_are_one_line_naming_the_file(tmp_path, name, write, file, case, expect):
+    write(tmp_path, case)
+    if case == "no labels":  # the test split's file lacks them
+        file = {"cifar10": "test_batch", "svhn": "test_32x32.mat", "mnist": "t10k-labels-idx1-ubyte"}[name]
+    one_line_error(score(tmp_path, name), file, expect)
+    assert not (tmp_path / "classifiers").exists()
+
+
+def test_mnist_labels_are_fetched_when_only_the_images_are_there(tmp_path, monkeypatch):
+    """A data dir filled when lvm fetched no labels: the labels come with a new download of the
+    four files (faked here), and fetch asks for the label files too."""
+    import torchvision.datasets.utils
+
+    mnist_dir(tmp_path)
+    fetched = []
+
+    def download_url(url, root, filename=None, md5=None, max_redirect_hops=3):
+        fetched.append(filename)
+        os.makedirs(root, exist_ok=True)
+        labels = filename.startswith(("train-labels", "t10k-labels"))
+        write_idx(root / filename.removesuffix(".gz"), np.ones(5 if filename.startswith("train") else 2)
+                  if labels else np.zeros((5 if filename.startswith("train") else 2, 28, 28)), gz=True)
+
+    monkeypatch.setattr(stores, "_unreachable", lambda url: "")
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", download_url)
+    with pytest.raises(UserError, match=r"no train-labels-idx1-ubyte\[.gz\] for mnist.*downloads turned off"):
+        quality.labels("mnist", tmp_path, download=False)
+    train, test = quality.labels("mnist", tmp_path)
+    assert train.tolist() == [1] * 5 and test.tolist() == [1] * 2
+    assert sorted(fetched) == sorted(f"{f}.gz" for f in stores.IdxFiles.files + stores.IdxFiles.label_files)
 
 
 # ----------------------------------------------------------------------------- the shapes cache

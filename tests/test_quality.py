@@ -10,8 +10,10 @@ import torch.nn.functional as F
 
 from lvm.engine.data import make_shapes
 from lvm.engine.errors import UserError
-from lvm.engine.quality import as_stored, frechet_distance, precision_recall, read_images, sample_quality, train_classifier
+from lvm.engine.quality import (as_stored, classifier, classifier_path, frechet_distance, precision_recall, read_images,
+                                 sample_quality, train_classifier)
 from tests.helpers import single_thread
+from tests.test_data import write_cifar, write_svhn
 
 
 def _nchw(a: np.ndarray) -> torch.Tensor:
@@ -122,3 +124,17 @@ def test_classifier_trains_under_no_grad():
         model, _ = train_classifier(_nchw(x), torch.from_numpy(y), _nchw(x), torch.from_numpy(y), "image",
                                     epochs=1, width=4, features=8)
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", ["cifar10", "svhn"])
+def test_classifier_trains_on_the_files_labels_and_is_cached(tmp_path, name):
+    """The classifier of a dataset read from its own files (tiny ones here: one step of training),
+    then read back from the cache."""
+    write_cifar(tmp_path) if name == "cifar10" else write_svhn(tmp_path, counts=(12, 4))
+    with single_thread():
+        model, acc = classifier(name, tmp_path, epochs=1, download=False)
+    assert 0 <= acc <= 1 and model.cfg.channels == 3
+    assert classifier_path(name, tmp_path).is_file()
+    again, acc_again = classifier(name, tmp_path, download=False)
+    assert acc_again == acc
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))

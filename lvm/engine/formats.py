@@ -33,6 +33,14 @@ def one_line(e: BaseException) -> str:
     return " ".join(f"{type(e).__name__}: {e}".split())
 
 
+def _idx_header(f) -> tuple[int, ...]:
+    """The dimensions an unsigned-byte IDX file's header declares; ValueError for another file."""
+    zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
+    if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 4:
+        raise ValueError("not an unsigned-byte IDX file")
+    return struct.unpack(f">{ndim}I", f.read(4 * ndim))
+
+
 def read_idx(path: Path) -> np.ndarray:
     """An unsigned-byte IDX file (MNIST's format), plain or gzipped, as a numpy array. It reads no
     more than the header declares, and a header may declare at most `MAX_BYTES`: a gzip bomb
@@ -40,10 +48,7 @@ def read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            zero, dtype, ndim = struct.unpack(">HBB", f.read(4))
-            if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 4:
-                raise ValueError("not an unsigned-byte IDX file")
-            dims = struct.unpack(f">{ndim}I", f.read(4 * ndim))
+            dims = _idx_header(f)
             size = math.prod(dims)
             if size > MAX_BYTES:
                 raise ValueError(f"its header declares shape {dims}, {size:,} bytes; lvm reads at most {MAX_BYTES:,}")
@@ -56,6 +61,16 @@ def read_idx(path: Path) -> np.ndarray:
             if f.read(1):
                 raise ValueError(f"more data than the {size:,} bytes its header declares for shape {dims}")
         return body.reshape(dims)
+    except (OSError, EOFError, struct.error, ValueError, zlib.error) as e:
+        raise UserError(f"cannot read {path}: truncated or corrupt IDX file ({e})") from None
+
+
+def idx_shape(path: Path) -> tuple[int, ...]:
+    """The shape an unsigned-byte IDX file (plain or gzipped) declares, from its header alone."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            return _idx_header(f)
     except (OSError, EOFError, struct.error, ValueError, zlib.error) as e:
         raise UserError(f"cannot read {path}: truncated or corrupt IDX file ({e})") from None
 

@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 from lvm.engine import data as datasets
 from lvm.engine import stores
 from lvm.engine.errors import UserError
-from lvm.engine.formats import read_idx
 
 FORMAT = "lvm-classifier-1"
 NEIGHBOURS = 3  # the k of precision and recall's k-NN balls (Kynkäänniemi et al.'s default)
@@ -44,28 +43,20 @@ NEIGHBOURS = 3  # the k of precision and recall's k-NN balls (Kynkäänniemi et 
 # ----------------------------------------------------------------------------- labels
 
 
-def labels(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The class of every training and test example of a dataset, int64 (N,) each: the files'
-    labels for MNIST and Fashion-MNIST (and their binarised variants), what the generator knows
-    for `shapes` (`make_shapes`)."""
+def labels(name: str, data_dir: str | Path | None = None, download: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The class of every training and test example of a dataset, int64 (N,) each: what the
+    generator knows for `shapes` (`make_shapes`), else what the dataset's store reads from its
+    files (MNIST's and Fashion-MNIST's label files, CIFAR-10's batches, SVHN's y), fetching them
+    when missing and `download` allows."""
     if name == "shapes":
         train = datasets.make_shapes(datasets.SHAPES_TRAIN, seed=0, labels=True)[1]
         test = datasets.make_shapes(datasets.SHAPES_TEST, seed=1, labels=True)[1]
         return train, test
-    store = datasets.source(name).store
-    store = getattr(store, "fallback", store)  # the course's pickle holds no labels: its dataset's own files do
-    if isinstance(store, stores.IdxFiles):
-        root = stores.data_root(data_dir)
-        found = []
-        for file in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
-            paths = [p for d in store.folders(root) for p in (d / file, d / f"{file}.gz") if p.is_file()]
-            if not paths:
-                raise UserError(f"no {file}[.gz] for {name} in {', '.join(map(str, store.folders(root)))}: "
-                                "the sample metrics need the dataset's labels")
-            found.append(read_idx(paths[0]).astype(np.int64))
-        return found[0], found[1]
-    raise UserError(f"lvm has no reader for the labels of '{name}' yet: the sample metrics (fd, precision, recall) "
-                    "need a classifier trained on them")
+    found = datasets.source(name).store.labels(stores.data_root(data_dir), download)
+    if found is None:
+        raise UserError(f"lvm has no reader for the labels of '{name}': the sample metrics (fd, precision, "
+                        "recall) need a classifier trained on them")
+    return found
 
 
 # ----------------------------------------------------------------------------- the classifier
@@ -147,9 +138,10 @@ def _train(x, y, x_test, y_test, kind, epochs, width, features, seed) -> tuple[C
 
 
 def classifier(name: str, data_dir: str | Path | None = None, train_limit: int = 20_000,
-               epochs: int = 2) -> tuple[Classifier, float]:
+               epochs: int = 2, download: bool = True) -> tuple[Classifier, float]:
     """The dataset's classifier and its test accuracy: read from DATA/classifiers/NAME.pt, else
-    trained on the first `train_limit` training images (a few CPU minutes) and cached there."""
+    trained on the first `train_limit` training images (a few CPU minutes) and cached there;
+    `download` lets a missing image or label file be fetched."""
     path = classifier_path(name, data_dir)
     if path.is_file():
         try:
@@ -160,14 +152,25 @@ def classifier(name: str, data_dir: str | Path | None = None, train_limit: int =
                 return model.eval(), state["accuracy"]
         except Exception:  # a foreign or truncated file: train again and replace it
             pass
-    data = datasets.load(name, data_dir, train_limit=train_limit)
-    y_train, y_test = (torch.from_numpy(a) for a in labels(name, data_dir))
+    data = datasets.load(name, data_dir, download=download)
+    y_train, y_test = matching_labels(name, data_dir, data, download)
+    x, y = data.train[:train_limit], y_train[:train_limit]
     start = time.perf_counter()
-    model, acc = train_classifier(data.train, y_train[:len(data.train)], data.test, y_test[:len(data.test)],
-                                  data.info.kind, epochs=epochs)
-    save_classifier(path, model, acc, train_size=len(data.train), epochs=epochs,
-                    seconds=round(time.perf_counter() - start, 1))
+    model, acc = train_classifier(x, y, data.test, y_test, data.info.kind, epochs=epochs)
+    save_classifier(path, model, acc, train_size=len(x), epochs=epochs, seconds=round(time.perf_counter() - start, 1))
     return model, acc
+
+
+def matching_labels(name: str, data_dir: str | Path | None, data: datasets.Data,
+                    download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`labels` as int64 tensors, one for each of `data`'s training and test images (all of them:
+    loaded without limits); one line when the counts differ, as when a course pickle's images
+    meet another copy's labels."""
+    y_train, y_test = (torch.from_numpy(a) for a in labels(name, data_dir, download))
+    if (len(y_train), len(y_test)) != (len(data.train), len(data.test)):
+        raise UserError(f"'{name}' has {len(y_train)} training and {len(y_test)} test labels but "
+                        f"{len(data.train)} and {len(data.test)} images: they cannot be these images' labels")
+    return y_train, y_test
 
 
 def classifier_path(name: str, data_dir: str | Path | None = None) -> Path:

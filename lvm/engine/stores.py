@@ -9,6 +9,8 @@ filled works as it is. Reading them cannot hurt the user:
   when that dataset is asked for, and then through `lvm.engine.formats`, which builds arrays and
   refuses anything else; IDX and .mat files are read no further than their headers declare;
 - dtypes and shapes are checked, and every failure is one line (`UserError`) naming the file;
+- a store that can also reads the classes of the images (`labels`, for the sample metrics'
+  classifier) from the same files or the label files beside them, one per image, checked;
 - a missing dataset is downloaded (with torchvision's progress bar) into a temporary folder and
   moved into place only when complete, after a quick probe of the host so that an offline machine
   answers at once; a failed download leaves nothing behind.
@@ -29,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from lvm.engine.errors import UserError
-from lvm.engine.formats import mat_variables, one_line, read_idx, read_pickle
+from lvm.engine.formats import idx_shape, mat_variables, one_line, read_idx, read_pickle
 
 PROBE_SECONDS = 3.0  # how long the download host has to answer before we call the machine offline
 
@@ -82,6 +84,20 @@ def _images(a: object, path: Path, split: str, channels: int) -> np.ndarray:
         if lo < 0 or hi > 255:
             raise UserError(f"{path}: the {split} images are {a.dtype} with values {lo}..{hi}; expected 0..255")
     return a.astype(np.uint8, copy=False)
+
+
+def _labels(y: object, path: Path, split: str, count: int, lo: int = 0, hi: int = 9, images: str = "") -> np.ndarray:
+    """`y` as int64 classes (N,), one per image of the split (`count` of them, in `images` when
+    that is another file), each lo..hi; one line naming the file when it is anything else.
+    Floats are taken when they are whole numbers (SVHN's y is a double)."""
+    a = np.asarray(y) if isinstance(y, (list, tuple, np.ndarray)) else np.empty((0, 0))
+    if a.ndim != 1 or a.dtype.kind not in "iuf" or (a.dtype.kind == "f" and not np.all(a == np.round(a))):
+        raise UserError(f"{path}: the {split} labels are not a list of whole numbers")
+    if len(a) != count:
+        raise UserError(f"{path}: {len(a)} {split} labels for {count} {split} images{images}")
+    if len(a) and (a.min() < lo or a.max() > hi):
+        raise UserError(f"{path}: the {split} labels run {a.min():g}..{a.max():g}; expected {lo}..{hi}")
+    return a.astype(np.int64)
 
 
 # ----------------------------------------------------------------------------- missing files, downloads
@@ -156,6 +172,11 @@ class Store:
         """train, test: (N, H, W, C) arrays."""
         raise NotImplementedError
 
+    def labels(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """train, test: the class of every image, int64 (N,) each, in the order `read` gives the
+        images; checked against the images' counts. None where the files hold no labels."""
+        return None
+
     def folders(self, data_dir: Path) -> list[Path]:
         return [data_dir]
 
@@ -218,9 +239,11 @@ class Generated(Store):
 
 
 class IdxFiles(Store):
-    """torchvision's MNIST layout: DATA/<Folder>/raw/{train,t10k}-images-idx3-ubyte[.gz]."""
+    """torchvision's MNIST layout: DATA/<Folder>/raw/{train,t10k}-images-idx3-ubyte[.gz], the
+    classes in {train,t10k}-labels-idx1-ubyte[.gz] beside them."""
 
     files = ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte")
+    label_files = ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte")
     channels = 1
 
     def __init__(self, name: str, folder: str, site: str, extra: tuple[Path, ...] = ()):
@@ -229,9 +252,10 @@ class IdxFiles(Store):
     def folders(self, data_dir: Path) -> list[Path]:
         return [data_dir / self.folder / "raw", *self.extra]
 
-    def _paths(self, data_dir: Path) -> list[Path | None]:
+    def _paths(self, data_dir: Path, files: tuple[str, ...] = ()) -> list[Path | None]:
         folders = self.folders(data_dir)
-        return [next((p for d in folders for p in (d / f, d / f"{f}.gz") if _present(p)), None) for f in self.files]
+        return [next((p for d in folders for p in (d / f, d / f"{f}.gz") if _present(p)), None)
+                for f in files or self.files]
 
     def found(self, data_dir: Path) -> bool:
         return None not in self._paths(data_dir)
@@ -244,6 +268,23 @@ class IdxFiles(Store):
             if a.ndim != 3:
                 raise UserError(f"{path}: expected images of 28x28, found shape {a.shape}")
             splits.append(_images(a[..., None], path, split, self.channels))  # (N, 28, 28, 1)
+        return splits[0], splits[1]
+
+    def labels(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The label files, fetched with the images when missing (a data dir filled before lvm
+        fetched labels has the images only) and downloads are allowed."""
+        self.ensure(data_dir, download)
+        outcome = "no download tried (downloads turned off)"
+        if None in self._paths(data_dir, self.label_files) and download:
+            outcome = self.download(data_dir) or "the download finished without them"
+        splits = []
+        for file, path, images, split in zip(self.label_files, self._paths(data_dir, self.label_files),
+                                             self._paths(data_dir), ("train", "test")):
+            if path is None:
+                where = " or ".join(str(f) for f in self.folders(data_dir))
+                raise UserError(f"no {file}[.gz] for {self.name} in {where} (get it from {self.site}): the sample "
+                                f"metrics need the dataset's labels; {outcome}")
+            splits.append(_labels(read_idx(path), path, split, idx_shape(images)[0], images=f" in {images}"))
         return splits[0], splits[1]
 
     def _torchvision(self):
@@ -259,7 +300,7 @@ class IdxFiles(Store):
 
         cls = self._torchvision()
         md5 = dict(cls.resources)
-        for name in (f"{f}.gz" for f in self.files):  # the images only: lvm needs no labels
+        for name in (f"{f}.gz" for f in self.files + self.label_files):  # the labels: for the sample metrics
             for i, mirror in enumerate(cls.mirrors):
                 try:
                     download_url(mirror + name, into / self.folder / "raw", name, md5[name])
@@ -271,7 +312,8 @@ class IdxFiles(Store):
 
 class CifarBatches(Store):
     """torchvision's CIFAR-10 layout: DATA/cifar-10-batches-py/{data_batch_1..5,test_batch}, each
-    a pickled dict whose "data" holds N rows of 3072 bytes, channel-major."""
+    a pickled dict whose "data" holds N rows of 3072 bytes, channel-major, and "labels" their N
+    classes 0..9."""
 
     name, channels, site = "cifar10", 3, "https://www.cs.toronto.edu/~kriz/cifar.html, the python version"
     files = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
@@ -282,18 +324,36 @@ class CifarBatches(Store):
     def found(self, data_dir: Path) -> bool:
         return all(_present(self.folders(data_dir)[0] / f) for f in self.files)
 
-    def _batch(self, path: Path, split: str) -> np.ndarray:
+    def _entry(self, path: Path) -> tuple[dict, np.ndarray]:
+        """A batch's dict and its "data" rows (N, 3072)."""
         entry = read_pickle(path, "a CIFAR-10 batch", encoding="latin1")  # pickled by Python 2
         rows = entry.get("data") if isinstance(entry, dict) else None
         if not isinstance(rows, np.ndarray) or rows.ndim != 2 or rows.shape[1] != 3072:
             raise UserError(f"{path}: not a CIFAR-10 batch (no 'data' array of N x 3072)")
+        return entry, rows
+
+    def _batch(self, path: Path, split: str) -> np.ndarray:
+        rows = self._entry(path)[1]
         return _images(rows.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), path, split, 3)  # (N, 32, 32, 3)
 
-    def read(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _batch_labels(self, path: Path, split: str) -> np.ndarray:
+        entry, rows = self._entry(path)
+        if "labels" not in entry:
+            raise UserError(f"{path}: not a CIFAR-10 batch (no 'labels' list)")
+        return _labels(entry["labels"], path, split, len(rows))
+
+    def _splits(self, data_dir: Path, download: bool, read: Callable) -> tuple[np.ndarray, np.ndarray]:
+        """`read(path, split)` of the five training batches, concatenated, and of the test batch."""
         self.ensure(data_dir, download)
         folder = self.folders(data_dir)[0]
-        train = np.concatenate([self._batch(folder / f, "train") for f in self.files[:5]])
-        return train, self._batch(folder / self.files[5], "test")
+        train = np.concatenate([read(folder / f, "train") for f in self.files[:5]])
+        return train, read(folder / self.files[5], "test")
+
+    def read(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self._splits(data_dir, download, self._batch)
+
+    def labels(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self._splits(data_dir, download, self._batch_labels)
 
     def url(self) -> str:
         import torchvision
@@ -309,7 +369,8 @@ class CifarBatches(Store):
 
 
 class SvhnMat(Store):
-    """SVHN's format 2: DATA/{train,test}_32x32.mat (DATA/svhn/ also looked in), X of 32x32x3xN."""
+    """SVHN's format 2: DATA/{train,test}_32x32.mat (DATA/svhn/ also looked in), X of 32x32x3xN
+    and y of N x 1, the digits 1..10 (10 for the digit 0)."""
 
     name, channels, site = "svhn", 3, "http://ufldl.stanford.edu/housenumbers/, format 2"
     files = ("train_32x32.mat", "test_32x32.mat")
@@ -323,24 +384,56 @@ class SvhnMat(Store):
     def found(self, data_dir: Path) -> bool:
         return None not in self._paths(data_dir)
 
-    def _read(self, path: Path, split: str) -> np.ndarray:
+    def _load(self, path: Path, name: str, check: Callable[[dict], int]) -> tuple[np.ndarray, int]:
+        """Variable `name` of the file, once `check` passed the variables' headers (shape and
+        class): the variable and the number of images `check` returned."""
         import scipy.io
 
         try:
-            shape, cls = mat_variables(path).get("X", ((), "none"))
-            if len(shape) != 4 or shape[:3] != (32, 32, 3) or cls != "uint8":
-                raise UserError(f"{path}: expected X, uint8 of 32x32x3xN; found {cls} of {shape}")
-            x = scipy.io.loadmat(str(path), variable_names=["X"])["X"]  # (32, 32, 3, N)
+            n = check(mat_variables(path))
+            return scipy.io.loadmat(str(path), variable_names=[name])[name], n
         except UserError:
             raise
         except Exception as e:  # scipy raises several types for a bad .mat
             raise UserError(f"cannot read {path}: not an SVHN .mat file ({one_line(e)})") from None
+
+    @staticmethod
+    def _x(path: Path, variables: dict) -> int:
+        """The number of images X declares, after checking it is uint8 of 32x32x3xN."""
+        shape, cls = variables.get("X", ((), "none"))
+        if len(shape) != 4 or shape[:3] != (32, 32, 3) or cls != "uint8":
+            raise UserError(f"{path}: expected X, uint8 of 32x32x3xN; found {cls} of {shape}")
+        return shape[3]
+
+    def _read(self, path: Path, split: str) -> np.ndarray:
+        x, _ = self._load(path, "X", lambda v: self._x(path, v))  # (32, 32, 3, N)
         return _images(np.ascontiguousarray(x.transpose(3, 0, 1, 2)), path, split, 3)  # (N, 32, 32, 3)
 
-    def read(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _y(self, path: Path, variables: dict) -> int:
+        """The number of images X declares, after checking y is a vector of numbers."""
+        n = self._x(path, variables)
+        if "y" not in variables:
+            raise UserError(f"{path}: no labels (no variable y beside X)")
+        shape, cls = variables["y"]
+        if len(shape) != 2 or 1 not in shape or cls == "char":
+            raise UserError(f"{path}: expected y, numbers of N x 1; found {cls} of {shape}")
+        return n
+
+    def _split_labels(self, path: Path, split: str) -> np.ndarray:
+        y, n = self._load(path, "y", lambda v: self._y(path, v))  # (N, 1)
+        y = _labels(y.ravel(), path, split, n, lo=1, hi=10, images=" in X")
+        return np.where(y == 10, 0, y)  # format 2 writes the digit 0 as 10
+
+    def _splits(self, data_dir: Path, download: bool, read: Callable) -> tuple[np.ndarray, np.ndarray]:
         self.ensure(data_dir, download)
         train, test = self._paths(data_dir)
-        return self._read(train, "train"), self._read(test, "test")
+        return read(train, "train"), read(test, "test")
+
+    def read(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self._splits(data_dir, download, self._read)
+
+    def labels(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray]:
+        return self._splits(data_dir, download, self._split_labels)
 
     def url(self) -> str:
         import torchvision
@@ -378,6 +471,18 @@ class CoursePickle(Store):
                 e.pickle = path
                 raise
         return read_course_pickle(path, self.fallback.channels)
+
+    def labels(self, data_dir: Path, download: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """The pickle holds no labels: the dataset's own files do (its images are taken to be
+        theirs, in the same order; `lvm.engine.quality` checks that the counts agree)."""
+        try:
+            return self.fallback.labels(data_dir, download)
+        except Missing as e:
+            if _present(self.path(data_dir)):
+                raise UserError(f"the course's {self.path(data_dir)} holds no labels, and the sample metrics need "
+                                f"them from the dataset's own files: {e.template()}") from None
+            e.pickle = self.path(data_dir)
+            raise
 
 
 def read_course_pickle(path: Path, channels: int | None = None) -> tuple[np.ndarray, np.ndarray]:
