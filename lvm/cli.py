@@ -309,6 +309,7 @@ def sample(checkpoint, count, out, seed, temperature):
     from lvm import read_trained
     from lvm.engine import pipeline
 
+    pipeline.check_temperature(temperature)  # the flags first: they cost nothing, a checkpoint may be large
     spec, state = read_trained(checkpoint)
     click.echo(f"wrote {pipeline.sample_to_file(spec, checkpoint, count, out, seed, temperature, state=state)}")
 

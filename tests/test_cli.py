@@ -136,6 +136,16 @@ def test_a_bad_setting_is_told_before_missing_data(tmp_path, monkeypatch, name):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf"])
+def test_sample_refuses_a_bad_temperature_before_reading_the_checkpoint(tmp_path, bad):
+    unreadable = tmp_path / "checkpoint.pt"
+    unreadable.write_bytes(b"not a checkpoint")  # reading it first would say so instead
+    for checkpoint in (unreadable, tmp_path / "missing.pt"):
+        one_line_error(invoke("sample", "--checkpoint", checkpoint, "--temperature", bad, "--out", tmp_path / "s.png"),
+                       f"--temperature must be a positive number, got {float(bad)}")
+    assert not (tmp_path / "s.png").exists()
+
+
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")

@@ -499,12 +499,18 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0]
 
 
+def check_temperature(temperature: float) -> None:
+    """Refuse a sampling temperature that is not a positive number (0, negative, inf, NaN): a
+    flag, checked before any checkpoint is read."""
+    if not 0 < temperature < float("inf"):  # also refuses NaN
+        raise UserError(f"{{temperature}} must be a positive number, got {temperature}")
+
+
 def sample_to_file(spec: ModelSpec, checkpoint: str | Path, n: int, out: str | Path, seed: int = 0,
                    temperature: float = 1.0, *, state: dict[str, Any] | None = None) -> Path:
     """Draw n samples from a trained `spec` model and plot them (a grid of images, or a scatter).
     `state`: the checkpoint, if already read."""
-    if not 0 < temperature < float("inf"):
-        raise UserError(f"{{temperature}} must be a positive number, got {temperature}")
+    check_temperature(temperature)
     out = png_path(out)
     model, meta = load_model(spec, checkpoint, state=state)
     takes_temperature = "temperature" in inspect.signature(model.sample).parameters
