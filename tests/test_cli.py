@@ -146,6 +146,15 @@ def test_sample_refuses_a_bad_temperature_before_reading_the_checkpoint(tmp_path
     assert not (tmp_path / "s.png").exists()
 
 
+@pytest.mark.parametrize("command,flags,expect", [
+    ("sample", ["--out", "s.jpg"], "give a path ending in .png"),
+    ("reconstruct", ["--out", "r.jpg"], "give a path ending in .png"),
+    ("reconstruct", ["--dataset", "nope"], "unknown dataset 'nope'"),
+])
+def test_sample_and_reconstruct_check_their_flags_before_the_checkpoint(tmp_path, command, flags, expect):
+    one_line_error(invoke(command, "--checkpoint", tmp_path / "missing.pt", *flags), expect)
+
+
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
