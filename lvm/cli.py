@@ -308,7 +308,10 @@ def sample(checkpoint, count, out, seed, temperature):
     """Draw samples from a trained model."""
     from lvm import read_trained
     from lvm.engine import pipeline
+    from lvm.engine.plotting import png_path
 
+    pipeline.check_temperature(temperature)  # the flags first: they cost nothing, a checkpoint may be large
+    png_path(out)
     spec, state = read_trained(checkpoint)
     click.echo(f"wrote {pipeline.sample_to_file(spec, checkpoint, count, out, seed, temperature, state=state)}")
 
@@ -324,8 +327,13 @@ def sample(checkpoint, count, out, seed, temperature):
 def reconstruct(checkpoint, dataset, count, out, data_dir, download):
     """Reconstruct test images with a trained model: originals beside reconstructions."""
     from lvm import read_trained
+    from lvm.engine import data as datasets
     from lvm.engine import pipeline
+    from lvm.engine.plotting import png_path
 
+    png_path(out)  # the flags first: they cost nothing, a checkpoint may be large
+    if dataset is not None:
+        datasets.source(dataset)
     spec, state = read_trained(checkpoint)
     click.echo(f"wrote {pipeline.reconstruct_to_file(spec, checkpoint, out, count, dataset, data_dir, download, state=state)}")
 

@@ -99,15 +99,24 @@ def _overrides_for(spec: ModelSpec, pairs: tuple[str, ...]) -> dict[str, Any]:
 def check_rows(rows: list[Row], specs: dict[str, ModelSpec], settings: dict[str, dict[str, Any]],
                data_dir: str | Path | None, download: bool, **budget: Any) -> None:
     """Every row's dataset, config and budget, checked before the first row trains: a missing
-    dataset or a value out of range fails now, in one line naming the row, not after hours."""
-    from dataclasses import replace
-
+    dataset or a value out of range fails now, in one line naming the row, not after hours; a
+    value out of range even before any data is read (a download, maybe)."""
+    _check_configs(rows, specs, settings, {}, budget)
     infos = {name: datasets.load(name, data_dir, 1, 1, download=download).info
              for name in dict.fromkeys(r.dataset for r in rows)}
+    _check_configs(rows, specs, settings, infos, budget)
+
+
+def _check_configs(rows: list[Row], specs: dict[str, ModelSpec], settings: dict[str, dict[str, Any]],
+                   infos: dict[str, datasets.DataInfo], budget: dict[str, Any]) -> None:
+    """Each row's config and budget, with its data's fields where `infos` has them (at their
+    defaults before the data is read: `pipeline.make_config`)."""
+    from dataclasses import replace
+
     for row in rows:
         spec = specs[row.model]
         try:
-            config = pipeline.make_config(spec, infos[row.dataset], {**settings[row.model], **row.changes})
+            config = pipeline.make_config(spec, infos.get(row.dataset), {**settings[row.model], **row.changes})
             pipeline.check_budget(spec, config, replace(spec.train, **{k: v for k, v in budget.items() if v is not None}))
         except UserError as e:
             raise UserError(f"{row.label()}: {e.template()}") from None

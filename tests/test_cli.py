@@ -10,9 +10,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from lvm import report
+from lvm import registry, report
 from lvm.cli import cli
-from tests.helpers import invoke
+from lvm.engine import config as configs
+from lvm.engine import data
+from tests.helpers import invoke, one_line_error
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -113,6 +115,44 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, expect):
     assert expect in r.output and "Traceback" not in r.output
     assert len(r.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def _reads_files(name: str) -> bool:
+    """Whether model `name` trains on a dataset that is read from files (not generated here)."""
+    return any(not s.builtin for s in data.DATASETS.values() if s.kind in registry.get(name).kinds)
+
+
+@pytest.mark.parametrize("name", [n for n in registry.names() if _reads_files(n)])
+def test_a_bad_setting_is_told_before_missing_data(tmp_path, monkeypatch, name):
+    # a setting costs nothing to check, the data may be a download: the user hears of the setting first
+    spec = registry.get(name)
+    dataset = next(d for d, s in data.DATASETS.items() if s.kind in spec.kinds and not s.builtin)
+    monkeypatch.setattr(data._fashion, "extra", ())  # not the Debian package's copy either
+    f = next(f for f in configs.fields(spec.config) if f.type is int and f.range and f.name not in spec.from_data)
+    bad = f"{f.name}={int(f.range.lo) - 1}"
+    run = ("run", name, "--dataset", dataset, "--data-dir", tmp_path, "--no-download", "--out", tmp_path / "out")
+    one_line_error(invoke(*run, "-o", bad), f"-o {bad}: must be at least")
+    one_line_error(invoke(*run), f"dataset '{dataset.removesuffix('-binary')}' not found")  # the data is missing indeed
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "nan", "inf"])
+def test_sample_refuses_a_bad_temperature_before_reading_the_checkpoint(tmp_path, bad):
+    unreadable = tmp_path / "checkpoint.pt"
+    unreadable.write_bytes(b"not a checkpoint")  # reading it first would say so instead
+    for checkpoint in (unreadable, tmp_path / "missing.pt"):
+        one_line_error(invoke("sample", "--checkpoint", checkpoint, "--temperature", bad, "--out", tmp_path / "s.png"),
+                       f"--temperature must be a positive number, got {float(bad)}")
+    assert not (tmp_path / "s.png").exists()
+
+
+@pytest.mark.parametrize("command,flags,expect", [
+    ("sample", ["--out", "s.jpg"], "give a path ending in .png"),
+    ("reconstruct", ["--out", "r.jpg"], "give a path ending in .png"),
+    ("reconstruct", ["--dataset", "nope"], "unknown dataset 'nope'"),
+])
+def test_sample_and_reconstruct_check_their_flags_before_the_checkpoint(tmp_path, command, flags, expect):
+    one_line_error(invoke(command, "--checkpoint", tmp_path / "missing.pt", *flags), expect)
 
 
 def test_unwritable_output_folder(tmp_path):

@@ -109,6 +109,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, expect)
     assert not figures.exists()
 
 
+def test_a_bad_setting_is_told_before_missing_data(tmp_path, monkeypatch):
+    from lvm.engine import data
+
+    monkeypatch.setattr(data._fashion, "extra", ())  # not the Debian package's copy either
+    table_ = ["table", "--dataset", "fashion-mnist-binary", "--data-dir", str(tmp_path), "--no-download",
+              "--figures", str(tmp_path / "figures")]
+    for extra, expect in ((["-o", "channels=0"], "-o channels=0: must be at least 1"),
+                          ([], "dataset 'fashion-mnist' not found")):  # the data is missing indeed
+        r = CliRunner().invoke(cli, [*table_, *extra])
+        assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+        assert expect in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "figures").exists()
+
+
 def test_ctrl_c_tells_how_to_resume(tmp_path, monkeypatch):
     from lvm.engine import pipeline
 

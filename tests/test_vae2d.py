@@ -25,6 +25,23 @@ def test_loss_is_neg_elbo_and_gradients_reach_both_networks():
     assert model.encoder[0].weight.grad.abs().sum() > 0 and model.decoder[0].weight.grad.abs().sum() > 0
 
 
+def test_loss_terms_under_bf16_autocast_are_float32_and_close():
+    # vae2d trains in float32 by default (so tests/test_bf16.py skips it), but `--amp on` asks
+    # for bf16: the network may round, the KL and log-likelihood sums must not
+    torch.manual_seed(0)
+    model, x = VAE2d(VAE2dConfig()).eval(), torch.randn(64, 2)
+    torch.manual_seed(1)
+    exact, weights = model.loss(x), model.log_weights(x, 4)
+    torch.manual_seed(1)  # the same reparameterisation noise
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rounded, rounded_weights = model.loss(x), model.log_weights(x, 4)
+    for k, v in rounded.items():
+        assert v.dtype == torch.float32, k
+        torch.testing.assert_close(v, exact[k], rtol=0.05, atol=1e-3, msg=k)
+    assert rounded_weights.dtype == torch.float32
+    torch.testing.assert_close(rounded_weights, weights, rtol=0.05, atol=0.05)
+
+
 def test_samples_shapes_and_noise():
     model = VAE2d(VAE2dConfig(hidden=(8,)))
     a, b = model.sample(500, noise=True), model.sample(500, noise=False)

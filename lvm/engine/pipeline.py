@@ -80,13 +80,16 @@ def code_version() -> str | None:
 # ----------------------------------------------------------------------------- configs
 
 
-def make_config(spec: ModelSpec, info: DataInfo, overrides: dict[str, Any] | None = None) -> Any:
-    """The model's config: its defaults, the fields the data decides, then `overrides`."""
+def make_config(spec: ModelSpec, info: DataInfo | None, overrides: dict[str, Any] | None = None) -> Any:
+    """The model's config: its defaults, the fields the data decides, then `overrides`. Without
+    `info` (the data not read yet) the data's fields keep their defaults: a config to check the
+    settings with (`check_settings`), not to build a model from."""
     fixed = sorted(set(overrides or {}) & set(spec.from_data))
     if fixed:
         raise UserError(f"field '{fixed[0]}' of {spec.name} is set from the dataset and cannot be changed")
     try:
-        config = dataclasses.replace(spec.default_config(info), **(overrides or {}))
+        base = spec.default_config(info) if info is not None else spec.config()
+        config = dataclasses.replace(base, **(overrides or {}))
     except (TypeError, ValueError) as e:
         raise UserError(f"{spec.name}: {e}") from None
     configs.check(config, tuple(spec.from_data))
@@ -98,6 +101,12 @@ def check_budget(spec: ModelSpec, config: Any, cfg: TrainConfig) -> None:
     cfg.validate()
     for stage in spec.stages:
         stage_train_config(stage, config, cfg).validate()
+
+
+def check_settings(spec: ModelSpec, overrides: dict[str, Any] | None, cfg: TrainConfig) -> None:
+    """The settings given, checked before the data is read (a download, maybe): each config value,
+    and every stage's budget. Only the fields the data sets wait for it (`make_config`)."""
+    check_budget(spec, make_config(spec, None, overrides), cfg)
 
 
 def variant_of(spec: ModelSpec, config: Any) -> str | None:
@@ -324,8 +333,8 @@ def train_row(
 def _plan(spec: ModelSpec, dataset: str, out: str | Path | None, data_dir: str | Path | None,
               limits: tuple[int | None, int | None], download: bool, overrides: dict[str, Any] | None,
               train_overrides: dict[str, Any], resume: bool, reuse: str | Path | None) -> RunPlan:
-    """Every setting of a run, checked in turn (the dataset, the budget, the device, the data, the
-    config's ranges, every stage's budget) before anything is written."""
+    """Every setting of a run, checked in turn (the dataset, the budget, the device, the config's
+    ranges and every stage's budget, the data, the fields it sets) before anything is written."""
     src = datasets.source(dataset)
     if src.kind not in spec.kinds:
         fits = [n for n, s in datasets.DATASETS.items() if s.kind in spec.kinds]
@@ -338,9 +347,9 @@ def _plan(spec: ModelSpec, dataset: str, out: str | Path | None, data_dir: str |
         warnings.warn(Advice("{amp} on: this CPU has no bf16 units (no avx512_bf16 or amx_bf16), so bf16 is emulated "
                              "and training runs several times slower than in float32; {amp} auto picks float32 here"),
                       stacklevel=3)
+    check_settings(spec, overrides, cfg)  # a bad value is told before the data is read, let alone downloaded
     data = datasets.load(dataset, data_dir, *limits, download=download)
-    config = make_config(spec, data.info, overrides)  # every value checked before anything is touched
-    check_budget(spec, config, cfg)
+    config = make_config(spec, data.info, overrides)  # and with the data's fields, before anything is touched
     variant = variant_of(spec, config)
     out = Path(out) if out else RUNS / spec.name / (dataset + (f"-{variant}" if variant else ""))
     meta = {"model": spec.name, "variant": variant, "config": configs.to_dict(config),
@@ -490,12 +499,18 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [""])[0]
 
 
+def check_temperature(temperature: float) -> None:
+    """Refuse a sampling temperature that is not a positive number (0, negative, inf, NaN): a
+    flag, checked before any checkpoint is read."""
+    if not 0 < temperature < float("inf"):  # also refuses NaN
+        raise UserError(f"{{temperature}} must be a positive number, got {temperature}")
+
+
 def sample_to_file(spec: ModelSpec, checkpoint: str | Path, n: int, out: str | Path, seed: int = 0,
                    temperature: float = 1.0, *, state: dict[str, Any] | None = None) -> Path:
     """Draw n samples from a trained `spec` model and plot them (a grid of images, or a scatter).
     `state`: the checkpoint, if already read."""
-    if not 0 < temperature < float("inf"):
-        raise UserError(f"{{temperature}} must be a positive number, got {temperature}")
+    check_temperature(temperature)
     out = png_path(out)
     model, meta = load_model(spec, checkpoint, state=state)
     takes_temperature = "temperature" in inspect.signature(model.sample).parameters

@@ -75,10 +75,12 @@ class VAE2d(nn.Module):
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """-ELBO = E_q[-log p(x|z)] + KL(q(z|x) || N(0, I)), averaged over the batch, in nats."""
-        mu_z, log_std_z = self.encode(x)
+        # the loss terms in float32 also when the network runs under bf16 autocast (`--amp on`);
+        # .float() of a float32 tensor is the tensor itself, so the float32 path is unchanged
+        mu_z, log_std_z = (t.float() for t in self.encode(x))  # (B, L) each
         draws = 1 if self.training else self.cfg.eval_samples
         z = reparameterize(mu_z.expand(draws, *mu_z.shape), log_std_z)  # (S, B, L)
-        mu_x, log_std_x = self.likelihood(z)  # (S, B, D) each
+        mu_x, log_std_x = (t.float() for t in self.likelihood(z))  # (S, B, D) each
         recon = -gaussian_log_prob(x, mu_x, log_std_x).sum(-1).mean()
         kl = gaussian_kl(mu_z, log_std_z).mean()
         return {"loss": recon + kl, "recon_loss": recon, "kl_loss": kl}
@@ -87,9 +89,9 @@ class VAE2d(nn.Module):
         """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x) per point x (B, D): (k, B), in
         nats. Their log-mean-exp is the IWAE estimate of log p(x) (Burda et al. 2015), their mean
         the ELBO (`lvm.engine.evaluate`). p(x|z) is a density: the points are continuous."""
-        mu_z, log_std_z = self.encode(x)  # (B, L) each
+        mu_z, log_std_z = (t.float() for t in self.encode(x))  # (B, L) each; float32 under autocast too
         z = reparameterize(mu_z.expand(k, *mu_z.shape), log_std_z)  # (k, B, L)
-        mu_x, log_std_x = self.likelihood(z)  # (k, B, D) each
+        mu_x, log_std_x = (t.float() for t in self.likelihood(z))  # (k, B, D) each
         log_px_z = gaussian_log_prob(x, mu_x, log_std_x).sum(-1)  # (k, B)
         log_pz = standard_normal_log_prob(z).sum(-1)  # (k, B)
         log_qz = gaussian_log_prob(z, mu_z, log_std_z).sum(-1)  # (k, B)
