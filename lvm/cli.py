@@ -113,8 +113,9 @@ def _seed(ctx, param, value):
 
 def _with_resume_hint(e: Interrupted, fallback: list[str]) -> Interrupted:
     """The interruption with the command that continues it: the user's own command line plus
-    --resume, or `fallback` (the command's name and required arguments) when not run as `lvm`."""
-    again = [a for a in sys.argv[1:] if a != "--resume"] if sys.argv[1:2] == fallback[:1] else fallback
+    --resume, less an --overwrite (which would start it again, and is refused beside --resume),
+    or `fallback` (the command's name and required arguments) when not run as `lvm`."""
+    again = [a for a in sys.argv[1:] if a not in ("--resume", "--overwrite")] if sys.argv[1:2] == fallback[:1] else fallback
     return Interrupted(f"{e}\nresume with: lvm {shlex.join(again)} --resume")
 
 

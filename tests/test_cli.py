@@ -323,3 +323,17 @@ def test_run_records_its_evaluation_and_report_shows_it(tmp_path):
                                                   "classifier_accuracy": 0.9}))
     r = invoke("report", "--figures", str(tmp_path / "figures"))
     assert "3.2500 (k=1000) | 2.345 | 1.50, P 0.80, R 0.70 (N 500, classifier 90%)" in r.output, r.output
+
+
+def test_the_resume_hint_of_an_overwritten_run_drops_overwrite(monkeypatch):
+    """A run started with --overwrite and interrupted must be told a command that works: with
+    --overwrite beside --resume it would be refused (they contradict each other)."""
+    from lvm.cli import _with_resume_hint
+    from lvm.engine.train import Interrupted
+
+    argv = ["lvm", "run", "vae", "--dataset", "shapes", "--out", "some dir", "--overwrite"]
+    monkeypatch.setattr(sys, "argv", argv)
+    hint = str(_with_resume_hint(Interrupted("interrupted at epoch 3"), ["run", "vae"])).splitlines()[-1]
+    assert hint == "resume with: lvm run vae --dataset shapes --out 'some dir' --resume"
+    both = invoke("run", "vae", "--dataset", "shapes", "--out", "x", "--overwrite", "--resume")
+    assert both.exit_code == 2 and "--resume" in both.output and "--overwrite" in both.output
