@@ -84,12 +84,13 @@ def run(name: str, args: argparse.Namespace) -> None:
     spec = registry.get(model)
     how = replace(spec.evaluation, run_k=args.k, run_test_limit=args.eval_limit, run_samples=0)
     spec = replace(spec, figures=scored_samples(args.samples), evaluation=how)
+    load = os.getloadavg()[0]  # other work on the machine slows a row: its seconds say so only with this
     metrics = train_row(spec, DATASET, out=Path(args.runs) / name, train_limit=args.train_limit,
                         test_limit=args.test_limit, overrides=overrides, overwrite=True, download=False,
                         epochs=args.epochs, device="cpu", cpu_threads=1, seed=0)
     sets = " ".join(f"-o {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
     metrics["variant_of_script"] = {
-        "name": name, "overrides": overrides, "command": "python " + shlex.join(sys.argv),
+        "name": name, "overrides": overrides, "load_average_1min": [load, os.getloadavg()[0]], "command": "python " + shlex.join(sys.argv),
         "lvm_run": (f"python -m lvm run {model} --dataset {DATASET} --train-limit {args.train_limit} "
                     f"--test-limit {args.test_limit} --epochs {args.epochs} {sets}").strip(),
     }
@@ -115,7 +116,7 @@ def collect(args: argparse.Namespace) -> None:
             "overrides": v["overrides"], "config": m["config"], "epochs": m["epochs"],
             "seconds": m["seconds"], "test": m["test"],
             "eval": {**m["eval"], **m["sample_quality"]}, "device": m["device"],
-            "precision": m["precision"], "cpu_flags": m["cpu_flags"], "torch": m["torch"], "code": m["code"],
+            "load_average_1min_at_start_and_end": v["load_average_1min"], "precision": m["precision"], "cpu_flags": m["cpu_flags"], "torch": m["torch"], "code": m["code"],
         }
     report = {"what": __doc__.split("\n\n")[0].replace("\n", " "), "dataset": DATASET, "machine": cpu(),
               "variants": rows}
