@@ -52,6 +52,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "layers1_fb_per_dim": ("pixelvae", {"n_layers": 1, "free_bits_groups": 16}),
     "vae": ("pixelvae", {"autoregressive": False}),  # the factorised decoder: the plain VAE
     "pixelcnn": ("pixelcnn", {}),  # the plain PixelCNN at its default size, no latent
+    # the plain PixelCNN at the size of its results row (docs/results.md): a third of the default's
+    # cost per step, for when the default's does not fit the time at hand
+    "pixelcnn_small": ("pixelcnn", {"channels": 64, "layers": 5, "head_channels": 128, "embed_dim": 16}),
 }
 
 
