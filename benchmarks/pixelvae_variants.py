@@ -105,22 +105,9 @@ def run(name: str, args: argparse.Namespace) -> None:
 def collect(args: argparse.Namespace) -> None:
     """Every row under --runs into one JSON: each variant's command, config, budget, seconds,
     test numbers and evaluation, with the machine; its samples.png into a folder named as the JSON."""
-    rows, pictures = {}, Path(args.out).with_suffix("")  # each row's samples.png beside the JSON
+    pictures = Path(args.out).with_suffix("")  # each row's samples.png beside the JSON
     pictures.mkdir(parents=True, exist_ok=True)
-    for name in VARIANTS:
-        path = Path(args.runs) / name / "variant.json"
-        if not path.is_file():
-            continue
-        m = json.loads(path.read_text())
-        v = m["variant_of_script"]
-        shutil.copyfile(path.parent / "samples.png", pictures / f"{name}_samples.png")
-        rows[name] = {
-            "command": v["command"], "same_training_as": v["lvm_run"], "model": m["model"],
-            "overrides": v["overrides"], "config": m["config"], "epochs": m["epochs"],
-            "seconds": m["seconds"], "test": m["test"],
-            "eval": {**m["eval"], **m["sample_quality"]}, "device": m["device"],
-            "load_average_1min_at_start_and_end": v["load_average_1min"], "precision": m["precision"], "cpu_flags": m["cpu_flags"], "torch": m["torch"], "code": m["code"],
-        }
+    rows = {name: r for name in VARIANTS if (r := row(Path(args.runs) / name, pictures / f"{name}_samples.png"))}
     report = {"what": __doc__.split("\n\n")[0].replace("\n", " "), "dataset": DATASET, "machine": cpu(),
               "variants": rows}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
@@ -128,16 +115,40 @@ def collect(args: argparse.Namespace) -> None:
     print(table(rows))
 
 
+def row(folder: Path, picture_to: Path) -> dict | None:
+    """One variant's record from its folder; a row whose training ended but whose samples and
+    likelihood were not (stopped at a deadline) gives its last test numbers from history.json."""
+    path = folder / "variant.json"
+    if not path.is_file():
+        if not (folder / "history.json").is_file():
+            return None
+        test = {k: v[-1] for k, v in json.loads((folder / "history.json").read_text())["test"].items()}
+        return {"unfinished": "trained, then stopped before its samples and nll (the deadline)", "test": test,
+                "eval": None}
+    m = json.loads(path.read_text())
+    v = m["variant_of_script"]
+    shutil.copyfile(folder / "samples.png", picture_to)
+    return {
+        "command": v["command"], "same_training_as": v["lvm_run"], "model": m["model"],
+        "overrides": v["overrides"], "config": m["config"], "epochs": m["epochs"],
+        "seconds": m["seconds"], "test": m["test"], "eval": {**m["eval"], **m["sample_quality"]},
+        "device": m["device"], "load_average_1min_at_start_and_end": v["load_average_1min"],
+        "precision": m["precision"], "cpu_flags": m["cpu_flags"], "torch": m["torch"], "code": m["code"],
+    }
+
+
 def table(rows: dict) -> str:
     """A markdown table of the rows: KL and -ELBO on the run's test images (the PixelCNN's exact
-    NLL there), the evaluation's nll, fd, precision, recall, and seconds."""
+    NLL there, nats per image), the evaluation's nll, fd, precision, recall, and seconds."""
     out = ["| variant | KL | -ELBO (test) | nll | fd | precision | recall | train s | sample s |",
            "|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         t, e = r["test"], r["eval"]
-        pixels = r["config"]["model"]["shape"][-1] * r["config"]["model"]["shape"][-2]
         kl = f"{t['kl_loss']:.2f}" if "kl_loss" in t else "-"
-        bound = t["neg_elbo"] if "neg_elbo" in t else t["nll"] * pixels  # the PixelCNN's, per pixel
+        bound = t["neg_elbo"] if "neg_elbo" in t else t["nll"] * 28 * 28  # the PixelCNN reports nats per pixel (28 x 28)
+        if e is None:
+            out.append(f"| {name} | {kl} | {bound:.2f} | (unfinished) | | | | | |")
+            continue
         out.append(f"| {name} | {kl} | {bound:.2f} | {e['nll']:.2f} | {e['fd']:.1f} | {e['precision']:.2f} | "
                    f"{e['recall']:.2f} | {r['seconds']:.0f} | {e['sample_seconds']:.0f} |")
     return "\n".join(out)
