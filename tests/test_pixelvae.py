@@ -9,7 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from lvm.blocks.distributions import gaussian_kl, reparameterize
+from lvm.engine import config as configs
 from lvm.engine import data as datasets
+from lvm.engine.errors import UserError
 from lvm.engine.train import TrainConfig, evaluate, fit
 from lvm.pixelvae import PixelVAE, PixelVAEConfig
 from tests.helpers import fashion_mnist_on_disk
@@ -107,6 +110,55 @@ def test_free_bits_clamp_the_total_kl_of_each_image():
     g_recon = mu.grad.clone()
     assert torch.allclose(g_total[0], g_recon[0])  # under the floor: KL gives no gradient
     assert torch.allclose(g_total[1] - g_recon[1], mu[1].detach() / 2)  # d KL/d mu = mu, / batch
+
+
+def test_free_bits_per_dimension_floor_each_dimension_of_each_image():
+    # free_bits_groups = latent_dim = 4: a floor of 10 / 4 = 2.5 nats on each dimension's KL.
+    # Dimension 0 carries 4.5 nats (above: full gradient), dimension 1 0.125 (below: none).
+    model = tiny(free_bits_groups=4)
+    x = torch.randint(0, 2, (1, 1, 12, 12)).to(torch.uint8)
+    mu = torch.tensor([[3.0, 0.5, 0.0, 0.0]], requires_grad=True)  # KL_j = mu_j^2 / 2 at sigma = 1
+    log_std = torch.zeros(1, 4, requires_grad=True)
+    model.encode = lambda x: (mu, log_std)
+
+    torch.manual_seed(0)
+    terms = model.loss(x)
+    assert torch.allclose(terms["kl_loss"], torch.tensor(4.625))  # the true KL is what is reported
+    assert torch.allclose(terms["loss"], terms["recon_loss"] + 4.5 + 3 * 2.5)
+    terms["loss"].backward()
+    g_total = mu.grad.clone()
+
+    mu.grad = None
+    torch.manual_seed(0)  # the same posterior noise: the recon term alone
+    model.loss(x)["recon_loss"].backward()
+    g_kl = g_total - mu.grad
+    assert torch.allclose(g_kl[0, 0], torch.tensor(3.0))  # above its floor: d KL_0 / d mu_0 = mu_0
+    assert torch.all(g_kl[0, 1:] == 0)  # under their floors: no gradient at all
+    # with one group the same posterior (4.625 nats in all) sits under the 10-nat floor
+    whole = tiny()
+    whole.load_state_dict(model.state_dict())
+    whole.encode = model.encode
+    torch.manual_seed(0)
+    assert torch.allclose(whole.loss(x)["loss"], terms["recon_loss"] + 10.0)
+
+
+def test_one_free_bits_group_is_the_course_formula_to_the_last_digit():
+    torch.manual_seed(1)
+    model = tiny(free_bits_groups=1)
+    x = torch.randint(0, 2, (5, 1, 12, 12)).to(torch.uint8)
+    torch.manual_seed(0)
+    terms = model.loss(x)
+    torch.manual_seed(0)  # the same draws, the formula as it stood before groups existed
+    mu, log_std = model.encode(x)
+    z = reparameterize(mu, log_std)
+    recon = F.binary_cross_entropy_with_logits(model.logits(x, z), x.float(), reduction="none").flatten(1).sum(1)
+    assert torch.equal(terms["loss"], (recon + gaussian_kl(mu, log_std).clamp(min=10.0)).mean())
+
+
+def test_free_bits_groups_must_divide_the_latent():
+    with pytest.raises(UserError, match="free_bits_groups must divide latent_dim"):
+        configs.check(PixelVAEConfig(latent_dim=16, free_bits_groups=3))
+    configs.check(PixelVAEConfig(latent_dim=16, free_bits_groups=16))
 
 
 def test_recon_is_bernoulli_nats_summed_over_pixels():

@@ -23,8 +23,11 @@ Flow") stop charging for the first lambda nats of KL: they split the latents int
 use sum_j max(lambda, E_minibatch KL(q(z_j|x) || p(z_j))), the KL averaged over the minibatch. The
 course's solution (rll/deepul, homeworks/solutions/hw3_solutions.ipynb, `PixelVAE`,
 `free_bits=10`) makes its own choice: one group, and the floor on each image's *total* KL
-(summed over the 16 dimensions), max(KL(x), 10), then the batch mean; that is what is done here. Below the floor the KL's gradient is
-zero, so nothing pushes z towards the prior until it carries 10 nats.
+(summed over the 16 dimensions), max(KL(x), 10), then the batch mean; that is the default here
+(`free_bits_groups=1`). Below the floor the KL's gradient is zero, so nothing pushes z towards
+the prior until it carries 10 nats. `free_bits_groups=G` splits z into G groups of equal size,
+each with a floor of free_bits / G on its own KL, still image by image (`free_bits_kl` says why);
+G = latent_dim floors every dimension, so one or two dimensions cannot take the whole allowance.
 
 Losses are in nats per image: recon_loss = -log p(x|z) summed over pixels (binary cross-entropy
 on the logits), kl_loss = the true KL(q(z|x) || N(0, I)). The minimised "loss" is recon +
@@ -39,7 +42,7 @@ pixel from the same map, no PixelCNN): the plain VAE the PixelVAE is compared wi
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +50,7 @@ from torch import nn
 
 from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
 from lvm.blocks.masked import GatedLayer, at_window, gated_reach, raster_fill
-from lvm.engine.config import Range
+from lvm.engine.config import Range, Rule
 
 
 @dataclass
@@ -66,7 +69,14 @@ class PixelVAEConfig:
     first_kernel: Annotated[int, Range(1, 31, odd=True)] = 7
     kernel: Annotated[int, Range(1, 31, odd=True)] = 3
     free_bits: Annotated[float, Range(0, 10**6)] = 10.0  # nats of total KL per image that cost nothing (the course: 10)
+    # Groups of latent dimensions (contiguous, equal size) that each get free_bits / groups nats
+    # of their own: 1 is the course's floor on the total; latent_dim puts a floor on every
+    # dimension, so the decoder cannot spend the whole allowance on one or two of them.
+    free_bits_groups: Annotated[int, Range(1, 4096)] = 1
     autoregressive: bool = True  # False: a factorised Bernoulli decoder, the plain VAE
+
+    RULES: ClassVar = (Rule(lambda c: c.latent_dim % c.free_bits_groups == 0,
+                            "free_bits_groups must divide latent_dim (groups of equal size)"),)
 
 
 class Encoder(nn.Module):
@@ -144,6 +154,8 @@ class PixelVAE(nn.Module):
         super().__init__()
         if cfg.shape[0] != 1:
             raise ValueError(f"PixelVAE models one binary channel, got shape {cfg.shape}")
+        if cfg.latent_dim % cfg.free_bits_groups:
+            raise ValueError(f"free_bits_groups={cfg.free_bits_groups} must divide latent_dim={cfg.latent_dim}")
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.latent_map = LatentMap(cfg)
@@ -164,16 +176,31 @@ class PixelVAE(nn.Module):
         return self.decoder(2 * x.float() - 1, m)
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """recon + max(KL, free_bits) per image, averaged over the batch; nats."""
+        """recon + max(KL, free_bits) per image (per group: `free_bits_kl`), averaged over the
+        batch; nats."""
         # the loss terms in float32 also when the network runs under bf16 autocast
         mu, log_std = (t.float() for t in self.encode(x))  # (B, L), (B, L)
         z = reparameterize(mu, log_std)  # (B, L)
         logits = self.logits(x, z).float()  # (B, 1, H, W)
         recon = F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)  # (B,)
         kl = gaussian_kl(mu, log_std)  # (B,)
-        loss = recon + kl.clamp(min=self.cfg.free_bits)  # (B,): no gradient to KL below the floor
+        loss = recon + self.free_bits_kl(mu, log_std, kl)  # (B,)
         # neg_elbo is the true -ELBO (recon + KL): the free-bits floor is only in what is minimised
         return {"loss": loss.mean(), "neg_elbo": (recon + kl).mean(), "recon_loss": recon.mean(), "kl_loss": kl.mean()}
+
+    def free_bits_kl(self, mu: torch.Tensor, log_std: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+        """The KL term that is minimised, (B,): sum over groups j of max(KL_j(x), free_bits / G),
+        each image on its own. G = 1 is the course's max(KL(x), free_bits) on the total KL `kl`
+        (B,), computed from it so that the default loss is today's to the last digit. A group
+        under its floor adds a constant and no gradient. Unlike Kingma et al. 2016, who floor
+        the minibatch mean of each group's KL, the floor is on each image's KL, as the course
+        floors each image's total: the loss stays a sum of per-image terms, the same whatever
+        the batch size or the other images of the batch."""
+        G = self.cfg.free_bits_groups
+        if G == 1:
+            return kl.clamp(min=self.cfg.free_bits)  # (B,)
+        per_group = gaussian_kl(mu.unflatten(-1, (G, -1)), log_std.unflatten(-1, (G, -1)))  # (B, G)
+        return per_group.clamp(min=self.cfg.free_bits / G).sum(-1)  # (B,)
 
     def log_weights(self, x: torch.Tensor, k: int) -> torch.Tensor:
         """log p(x, z_j) - log q(z_j|x) for k draws z_j ~ q(z|x) per binary image x (B, 1, H, W):
