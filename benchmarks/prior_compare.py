@@ -140,11 +140,10 @@ def side_by_side(drawn: dict, path: Path, dataset: str) -> Path:
     return path
 
 
-def decoded_quality(prior, vqvae, shape: tuple[int, int], dataset: str, n: int, batch: int = 100) -> dict:
+def decoded_quality(prior, vqvae, shape: tuple[int, int], scoring: dict, n: int, batch: int = 100) -> dict:
     """fd, precision and recall of n grids drawn from `prior` and decoded by `vqvae`, against the
     first n test images, with the dataset classifier's accuracy and the seconds it took."""
-    data = datasets.load(dataset, test_limit=n, download=False)
-    clf, accuracy = quality.classifier(dataset)
+    data, clf, accuracy = scoring["data"], scoring["classifier"], scoring["accuracy"]
     start = time.perf_counter()
     torch.manual_seed(1)
     with torch.no_grad():
@@ -154,13 +153,18 @@ def decoded_quality(prior, vqvae, shape: tuple[int, int], dataset: str, n: int, 
     return {**scores, "classifier_accuracy": accuracy, "quality_seconds": round(time.perf_counter() - start, 1)}
 
 
-def floors(vqvae, dataset: str, n: int, batch: int = 100) -> dict:
+def scorer(dataset: str, n: int) -> dict:
+    """What every score needs, read once: the first 2n test images and the dataset's classifier."""
+    clf, accuracy = quality.classifier(dataset)
+    return {"data": datasets.load(dataset, test_limit=2 * n, download=False), "classifier": clf, "accuracy": accuracy}
+
+
+def floors(vqvae, scoring: dict, n: int, batch: int = 100) -> dict:
     """What no prior can beat, in the same features and at the same n as its samples: the FD of
     n other test images (the metric's own noise at this n), and of the VQ-VAE's reconstructions
     of them (its decoder's blur: samples drawn from a perfect prior decode no better), each
     against the first n test images."""
-    data = datasets.load(dataset, test_limit=2 * n, download=False)
-    clf, accuracy = quality.classifier(dataset)
+    data, clf, accuracy = scoring["data"], scoring["classifier"], scoring["accuracy"]
     other = data.test[n : 2 * n]
     with torch.no_grad():
         recon = torch.cat([quality.as_stored(vqvae.decode(vqvae.encode(other[i : i + batch])), data.info.kind,
@@ -214,8 +218,9 @@ def main() -> None:
         vqvae = VQVAE(VQVAEConfig(**codes.get("vqvae_config", {"channels": codes["channels"]})))
         vqvae.load_state_dict(codes["vqvae_state"])
         vqvae.eval()
-    if vqvae is not None and args.samples and report.get("floors", {}).get("samples") != args.samples:
-        report["floors"] = {"samples": args.samples, **floors(vqvae, args.dataset, args.samples)}
+    scoring = scorer(args.dataset, args.samples) if vqvae is not None and args.samples else None
+    if scoring and report.get("floors", {}).get("samples") != args.samples:
+        report["floors"] = {"samples": args.samples, **floors(vqvae, scoring, args.samples)}
         print("floors", report["floors"], flush=True)
     for spec in args.priors:
         torch.manual_seed(0)
@@ -243,7 +248,7 @@ def main() -> None:
             "epochs": prior_cfg.epochs, "train_seconds": round(seconds, 1), "sample_100_seconds": round(sample_seconds, 2),
         }
         if vqvae is not None and args.samples:
-            report["priors"][spec].update(decoded_quality(model, vqvae, shape, args.dataset, args.samples))
+            report["priors"][spec].update(decoded_quality(model, vqvae, shape, scoring, args.samples))
         print(spec, report["priors"][spec], flush=True)
         out.write_text(json.dumps(report, indent=2, default=list) + "\n")  # after each prior: partial runs count
     if drawn and not args.append:  # the figure shows the priors of one call side by side
