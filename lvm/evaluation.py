@@ -50,7 +50,7 @@ def evaluate_checkpoint(checkpoint: str | Path, *, k: int | None = None, samples
                         f"the data dir's has {data.info.shape}")
     start = time.perf_counter()
     numbers = evaluate(model, data, spec.evaluation, k=k, samples=samples, test_limit=test_limit,
-                       data_dir=data_dir, device=dev, seed=seed)
+                       data_dir=data_dir, device=dev, seed=seed, download=download)
     numbers = {"model": spec.name, "dataset": dataset, "variant": meta.get("variant"), "checkpoint": str(checkpoint),
                **numbers, "device": describe_device(dev), "seconds": round(time.perf_counter() - start, 1),
                "torch": torch.__version__}

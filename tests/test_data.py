@@ -513,6 +513,29 @@ def test_mnist_labels_are_fetched_when_only_the_images_are_there(tmp_path, monke
     assert sorted(fetched) == sorted(f"{f}.gz" for f in stores.IdxFiles.files + stores.IdxFiles.label_files)
 
 
+def test_end_of_run_evaluation_keeps_downloads_off(tmp_path, monkeypatch):
+    """`lvm run --no-download`: the classifier the end-of-run evaluation trains on first use fetches
+    no missing label file (the row keeps its likelihood); with downloads on, it asks for them."""
+    import torchvision.datasets.utils
+
+    from lvm import registry
+    from lvm.engine.evaluate import at_end_of_run
+    from lvm.vae import VAE, VAEConfig
+
+    mnist_dir(tmp_path)
+    fetched = []
+    monkeypatch.setattr(stores, "_unreachable", lambda url: "")
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url",
+                        lambda url, root, filename=None, md5=None, **kw: fetched.append(filename))
+    d = data.load("mnist", tmp_path, download=False)
+    model = VAE(VAEConfig(channels=1, latent_dim=2, enc_widths=(4, 4, 4, 4), dec_widths=(4, 4, 4, 4)))
+    how = registry.get("vae").evaluation
+    out = at_end_of_run(model, d, how, full_run=True, data_dir=tmp_path, download=False)
+    assert fetched == [] and "nll" in out and "fd" not in out
+    at_end_of_run(model, d, how, full_run=True, data_dir=tmp_path, download=True)
+    assert fetched  # the same call with downloads on does ask
+
+
 # ----------------------------------------------------------------------------- the shapes cache
 
 

@@ -602,8 +602,27 @@ def test_config_check_applies_ranges_to_each_item_and_rules_between_fields():
                       (Toy(widths=(4, 0)), "^widths=4,0: each value must be at least 1"),
                       (Toy(widths=()), "give at least one value"), (Toy(rate=1.0), "must be below 1"),
                       (Toy(rate=float("nan")), "must be a finite number"),
-                      (Toy(kernel=9, widths=(4,)), "Toy: kernel must fit the widths")]:
+                      (Toy(kernel=9, widths=(4,)), "Toy: kernel must fit the widths"),
+                      (Toy(kernel=3.0), "^kernel=3.0: not of the field's type"), (Toy(kernel=True), "not of the"),
+                      (Toy(widths=(4, "8")), "^widths=.*not of the field's type"), (Toy(rate="0.5"), "not of the")]:
         with pytest.raises(UserError, match=said):
             configs.check(bad)
     assert [f.type_name() for f in configs.fields(Toy)] == ["int odd in [1, 9]", "tuple of int [1, 64]",
                                                            "float or none [0, 1)"]
+
+
+def test_python_settings_given_as_text_read_as_the_command_line_reads_them():
+    """`train_row(overrides={"prior_epochs": "6"})` from Python: the text is parsed as `-o` parses
+    it, and a value that is not one is refused in one line (it was a TypeError deep in training)."""
+    from lvm import registry
+    from lvm.engine.errors import UserError
+    from lvm.engine.pipeline import make_config
+
+    spec = registry.get("vqvae")
+    config = make_config(spec, None, {"prior_epochs": "6", "beta": "0.5", "prior": "gated", "width": "none"})
+    assert (config.prior_epochs, config.beta, config.prior, config.width) == (6, 0.5, "gated", None)
+    for bad, said in [({"prior_epochs": "six"}, "^prior_epochs=six: expected a whole number"),
+                      ({"prior_epochs": 6.5}, "^prior_epochs=6.5: not of the field's type"),
+                      ({"prior": "nope"}, "^prior=nope: expected one of")]:
+        with pytest.raises(UserError, match=said):
+            make_config(spec, None, bad)

@@ -135,6 +135,9 @@ def check(config: Any, fixed: tuple[str, ...] = ()) -> None:
     `RULES`; `fixed` fields (set from the data) are named as such."""
     for f in fields(type(config)):
         value = getattr(config, f.name)
+        if not fits(f.type, value):
+            where = f"{f.name} (set from the data)" if f.name in fixed else setting("config." + f.name)
+            raise UserError(f"{where}={value!r}: not of the field's type ({f.name} is {f.type_name()})")
         items = value if isinstance(value, tuple) else (value,)
         if isinstance(value, tuple) and not value and typing.get_args(f.type)[-1:] == (Ellipsis,):
             raise UserError(f"{setting('config.' + f.name)}=: give at least one value ({f.name} is {f.type_name()})")
@@ -147,6 +150,41 @@ def check(config: Any, fixed: tuple[str, ...] = ()) -> None:
     for rule in getattr(type(config), "RULES", ()):
         if not rule.holds(config):
             raise UserError(f"{type(config).__name__}: {rule.message}")
+
+
+def fits(t: Any, value: Any) -> bool:
+    """Whether `value` is of the annotation `t` (an int does for a float; a bool is no number)."""
+    origin, args = typing.get_origin(t), typing.get_args(t)
+    if origin in (typing.Union, types.UnionType):
+        return any(fits(a, value) for a in args)
+    if origin is Literal:
+        return value in args
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+        return not args or (len(items) == len(value) and all(map(fits, items, value)))
+    if t is type(None):
+        return value is None
+    if t in (int, float):
+        return isinstance(value, (int, float) if t is float else int) and not isinstance(value, bool)
+    return isinstance(value, t) if isinstance(t, type) else True
+
+
+def coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """Settings given from Python: a string for a field that holds no strings is read as the
+    command line reads it (`{"prior_epochs": "6"}` as `-o prior_epochs=6`); the rest as given,
+    left to `check`. An unknown field is left to the dataclass."""
+    known = {f.name: f for f in fields(cls)}
+    out = dict(values)
+    for name, value in values.items():
+        f = known.get(name)
+        if f is not None and isinstance(value, str) and not fits(f.type, value):
+            try:
+                out[name] = parse_value(f, value)
+            except ValueError as e:
+                raise UserError(f"{setting('config.' + name)}={value}: {e} ({name} is {f.type_name()})") from None
+    return out
 
 
 def parse_value(field: Field, text: str) -> Any:

@@ -106,11 +106,12 @@ def likelihood(model: nn.Module, x: torch.Tensor, how: Evaluation, k: int | None
 
 
 def sample_metrics(model: nn.Module, data: Data, n: int, data_dir: str | Path | None = None,
-                   device: torch.device | str = "cpu", batch: int = 500) -> dict[str, Any]:
+                   device: torch.device | str = "cpu", batch: int = 500, download: bool = True) -> dict[str, Any]:
     """fd, precision and recall of n samples of a trained image model against the first n test
     images, in the features of the dataset's classifier (trained and cached on first use), with
-    that classifier's test accuracy. Samples are drawn in batches of `batch`."""
-    clf, acc = quality.classifier(data.info.name, data_dir)
+    that classifier's test accuracy. Samples are drawn in batches of `batch`; `download` lets a
+    classifier trained on first use fetch a missing label file."""
+    clf, acc = quality.classifier(data.info.name, data_dir, download=download)
     n = min(n, len(data.test))
     model.eval()
     start = time.perf_counter()
@@ -123,7 +124,7 @@ def sample_metrics(model: nn.Module, data: Data, n: int, data_dir: str | Path | 
 
 def evaluate(model: nn.Module, data: Data, how: Evaluation, *, k: int | None = None, samples: int | None = None,
              test_limit: int | None = None, data_dir: str | Path | None = None,
-             device: torch.device | str = "cpu", seed: int = 0) -> dict[str, Any]:
+             device: torch.device | str = "cpu", seed: int = 0, download: bool = True) -> dict[str, Any]:
     """Everything `lvm eval` reports of a trained model on its data: the likelihood numbers on the
     first `test_limit` test examples, and for images the sample metrics of `samples` samples (0:
     none); each budget at the spec's default when not given."""
@@ -136,7 +137,7 @@ def evaluate(model: nn.Module, data: Data, how: Evaluation, *, k: int | None = N
     out["likelihood_note"] = how.note
     if samples and data.info.kind != "points":
         torch.manual_seed(seed)
-        out.update(sample_metrics(model, data, samples, data_dir, device))
+        out.update(sample_metrics(model, data, samples, data_dir, device, download=download))
     return out
 
 
@@ -152,7 +153,8 @@ def summary(numbers: dict[str, Any]) -> str:
 
 
 def at_end_of_run(model: nn.Module, data: Data, how: Evaluation, *, full_run: bool,
-                  data_dir: str | Path | None = None, device: torch.device | str = "cpu") -> dict[str, Any]:
+                  data_dir: str | Path | None = None, device: torch.device | str = "cpu",
+                  download: bool = True) -> dict[str, Any]:
     """The numbers `lvm run` adds to metrics.json ("eval"): `evaluate` at the spec's small run
     budgets (`run_k`, `run_test_limit`, `run_samples`). The sample metrics need the dataset's
     classifier: a full run (no --train-limit) trains it once per data dir (minutes, then cached);
@@ -167,7 +169,7 @@ def at_end_of_run(model: nn.Module, data: Data, how: Evaluation, *, full_run: bo
     try:
         return evaluate(model, data, how, k=min(how.k, how.run_k), samples=samples,
                         test_limit=min(how.test_limit or len(data.test), how.run_test_limit),
-                        data_dir=data_dir, device=device)
+                        data_dir=data_dir, device=device, download=download)
     except UserError:  # no labels for this dataset's classifier: the likelihood alone
         return evaluate(model, data, how, k=min(how.k, how.run_k), samples=0,
                         test_limit=min(how.test_limit or len(data.test), how.run_test_limit), device=device)

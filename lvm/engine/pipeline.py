@@ -89,7 +89,7 @@ def make_config(spec: ModelSpec, info: DataInfo | None, overrides: dict[str, Any
         raise UserError(f"field '{fixed[0]}' of {spec.name} is set from the dataset and cannot be changed")
     try:
         base = spec.default_config(info) if info is not None else spec.config()
-        config = dataclasses.replace(base, **(overrides or {}))
+        config = dataclasses.replace(base, **configs.coerce(type(base), overrides or {}))
     except (TypeError, ValueError) as e:
         raise UserError(f"{spec.name}: {e}") from None
     configs.check(config, tuple(spec.from_data))
@@ -323,7 +323,7 @@ def train_row(
         extra = _draw(row, trained)
         doing["now"] = "evaluating (training had finished)"
         extra["eval"] = at_end_of_run(trained.model, row.data, spec.evaluation, full_run=train_limit is None,
-                                      data_dir=data_dir, device=row.device)
+                                      data_dir=data_dir, device=row.device, download=download)
         metrics = _metrics(row, trained, seconds, code, size, extra)
         doing["now"] = "writing metrics.json (training had finished)"
         write_json(row.out / "metrics.json", metrics)
