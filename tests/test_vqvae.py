@@ -141,9 +141,9 @@ def test_codebook_usage_on_hand_made_indices():
 # ----------------------------------------------------------------------------- model
 
 
-@pytest.mark.parametrize("channels", [1, 3])
-def test_encoder_gives_8x8_codes_and_decoder_images(channels):
-    model = VQVAE(tiny(channels=channels)).eval()
+@pytest.mark.parametrize("channels,upsample", [(1, "transposed"), (3, "transposed"), (3, "resize")])
+def test_encoder_gives_8x8_codes_and_decoder_images(channels, upsample):
+    model = VQVAE(tiny(channels=channels, upsample=upsample)).eval()
     x = torch.randint(0, 256, (5, channels, 32, 32), dtype=torch.uint8)
     codes = model.encode(x)
     assert codes.shape == (5, 8, 8) and codes.dtype == torch.int64
@@ -153,6 +153,19 @@ def test_encoder_gives_8x8_codes_and_decoder_images(channels):
     terms = model.loss(x)
     assert set(terms) == {"loss", "recon_loss", "vq_loss"}
     assert terms["loss"].item() == pytest.approx((terms["recon_loss"] + terms["vq_loss"]).item())
+
+
+def test_resize_decoder_draws_no_stride_2_pattern_where_the_codes_are_constant():
+    """One code everywhere: away from the border, where zero padding reaches, the resize decoder's
+    image is flat, while the transposed convolutions' four kernel phases print a 2x2 pattern."""
+    torch.manual_seed(0)
+    spread = {}
+    for kind in ("transposed", "resize"):
+        model = VQVAE(tiny(channels=1, upsample=kind)).eval()
+        with torch.no_grad():
+            image = model.decode(torch.full((1, 8, 8), 3))[0, 0]
+        spread[kind] = image[12:20, 12:20].std().item()
+    assert spread["resize"] < 1e-6 < 1e-3 < spread["transposed"]
 
 
 def test_course_architecture_at_full_width():

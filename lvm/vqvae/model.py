@@ -68,6 +68,10 @@ class VQVAEConfig:
     restart_window: Annotated[int, Range(1, 10**6)] = RESTART_WINDOW  # training steps without a single assignment before a restart
     channels: Annotated[int, Range(1, 64)] = 3  # image channels C (1 for Fashion-MNIST, 3 for colour)
     width: Annotated[int | None, Range(1, 4096)] = None  # layer width; none = code_dim. Tests shrink it to run fast
+    # How the decoder doubles the resolution twice: the course's 4x4 stride-2 transposed convolutions, or a
+    # nearest-neighbour resize then a 3x3 convolution, whose output has no stride-2 pattern by construction
+    # (Odena, Dumoulin and Olah 2016; benchmarks/vqvae_texture.py measures the texture)
+    upsample: Literal["transposed", "resize"] = "transposed"
     # The second stage: a prior over the 8x8 grids of code indices, trained on the training set's codes
     prior: Literal["pixelcnn", "gated", "transformer"] = "pixelcnn"  # PixelCNN (course Q3), Gated PixelCNN (Q4a) or a transformer
     prior_epochs: Annotated[int, Range(1, 100_000)] = 15  # epochs of the prior stage (the course's)
@@ -87,6 +91,15 @@ class ResBlock(nn.Module):
         return x + self.net(x)
 
 
+def upsample(kind: str, c_in: int, c_out: int) -> nn.Module:
+    """Twice the resolution: a 4x4 stride-2 transposed convolution (each output pixel sees 2x2
+    inputs through one of four kernel phases, which can print a stride-2 pattern), or a
+    nearest-neighbour resize and a 3x3 convolution (one kernel for every output pixel)."""
+    if kind == "transposed":
+        return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, 1, 1))
+
+
 class VQVAE(nn.Module):
     code_grid = (8, 8)  # two stride-2 convolutions: 32x32 images -> 8x8 codes
 
@@ -103,8 +116,8 @@ class VQVAE(nn.Module):
                                   cfg.restart_dead, cfg.restart_window)
         self.decoder = nn.Sequential(
             ResBlock(D), ResBlock(D),
-            nn.BatchNorm2d(D), nn.ReLU(), nn.ConvTranspose2d(D, d, 4, 2, 1),  # 8 -> 16
-            nn.BatchNorm2d(d), nn.ReLU(), nn.ConvTranspose2d(d, C, 4, 2, 1),  # 16 -> 32
+            nn.BatchNorm2d(D), nn.ReLU(), upsample(cfg.upsample, D, d),  # 8 -> 16
+            nn.BatchNorm2d(d), nn.ReLU(), upsample(cfg.upsample, d, C),  # 16 -> 32
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
