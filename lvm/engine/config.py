@@ -180,11 +180,16 @@ def coerce(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         f = known.get(name)
         if f is not None and isinstance(value, str) and not fits(f.type, value):
-            try:
-                out[name] = parse_value(f, value)
-            except ValueError as e:
-                raise UserError(f"{setting('config.' + name)}={value}: {e} ({name} is {f.type_name()})") from None
+            out[name] = read_setting(f, value)
     return out
+
+
+def read_setting(field: Field, text: str) -> Any:
+    """`text` as a value of `field`, or a one-line UserError naming the setting and its type."""
+    try:
+        return parse_value(field, text)
+    except ValueError as e:
+        raise UserError(f"{setting('config.' + field.name)}={text}: {e} ({field.name} is {field.type_name()})") from None
 
 
 def parse_value(field: Field, text: str) -> Any:
@@ -255,10 +260,7 @@ def parse_overrides(cls: type, pairs: list[str] | tuple[str, ...], fixed: tuple[
             raise UserError(f"no field '{name}' in {cls.__name__}; fields: {', '.join(settable)}")
         if name in fixed:
             raise UserError(f"field '{name}' is set from the dataset and cannot be changed")
-        try:
-            out[name] = parse_value(known[name], text)
-        except ValueError as e:
-            raise UserError(f"{setting('config.' + name)}={text}: {e} ({name} is {known[name].type_name()})") from None
+        out[name] = read_setting(known[name], text)
     return out
 
 
