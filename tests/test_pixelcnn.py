@@ -240,3 +240,20 @@ def test_run_writes_samples_and_metrics(tmp_path):
     test = datasets.load("fashion-mnist-binary", test_limit=128, train_limit=1, download=False).test
     with torch.no_grad():
         assert abs(model.loss(test)["loss"].item() - saved["test"]["nll"]) < 1e-4
+
+
+def test_a_gated_first_layer_one_pixel_wide_is_refused_before_it_is_built():
+    """A 1-wide first gated layer would have a horizontal stack of no column (a zero-width
+    convolution that fails deep in training): the config refuses it in one line, the layer too."""
+    from lvm.blocks.masked import GatedLayer
+    from lvm.engine import config as configs
+    from lvm.engine.errors import UserError
+    from lvm.pixelvae import PixelVAEConfig
+
+    configs.check(PixelCNNConfig(first_kernel=1))  # the plain model's type-A 1x1 convolution is allowed
+    for bad in (PixelCNNConfig(first_kernel=1, gated=True), PixelVAEConfig(first_kernel=1)):
+        with pytest.raises(UserError, match="first_kernel"):
+            configs.check(bad)
+    with pytest.raises(ValueError, match="at least 3 in the first layer"):
+        GatedLayer(1, 4, 1, first=True)
+    GatedLayer(4, 4, 1)  # a later 1x1 layer sees its own column

@@ -84,8 +84,9 @@ class GatedLayer(nn.Module):
 
     def __init__(self, in_channels: int, channels: int, kernel_size: int, first: bool = False):
         super().__init__()
-        if kernel_size % 2 != 1:
-            raise ValueError(f"kernel_size must be odd, got {kernel_size}")
+        if kernel_size % 2 != 1 or (first and kernel_size < 3):
+            raise ValueError(f"kernel_size must be odd{' and at least 3 in the first layer' if first else ''}, "
+                             f"got {kernel_size}")  # a first 1-wide layer's horizontal stack sees no column
         self.first = first
         self.k = kernel_size // 2
         # vertical: k+1 rows (k above + the current one) by 2k+1 columns

@@ -15,7 +15,7 @@ The contract every grid model here keeps:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Callable
+from typing import Annotated, Callable, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from torch import nn
 
 from lvm.blocks.distributions import sample_categorical
 from lvm.blocks.masked import GatedLayer, MaskedConv2d, at_window, gated_reach, masked_reach, raster_fill
-from lvm.engine.config import Range
+from lvm.engine.config import Range, Rule
 
 
 @dataclass
@@ -41,6 +41,9 @@ class PixelCNNConfig:
     first_kernel: Annotated[int, Range(1, 31, odd=True)] = 7  # the first, type-A masked convolution
     kernel: Annotated[int, Range(1, 31, odd=True)] = 3  # the masked convolution of every later block or layer
     head_channels: Annotated[int, Range(1, 8192)] = 512  # the 1x1 output head's hidden width
+
+    RULES: ClassVar = (Rule(lambda c: not c.gated or c.first_kernel >= 3,
+                            "a gated model's first_kernel must be at least 3 (a 1-wide first layer sees no column)"),)
 
     @property
     def depth(self) -> int:

@@ -66,7 +66,7 @@ class PixelVAEConfig:
     # The course's decoder used 7x7 kernels throughout; here the first layer is 7x7 and the
     # rest 3x3 gated layers as in Q4a (no blind spot): 8 layers still reach 11 pixels, and the
     # latent map supplies what lies further away.
-    first_kernel: Annotated[int, Range(1, 31, odd=True)] = 7
+    first_kernel: Annotated[int, Range(3, 31, odd=True)] = 7
     kernel: Annotated[int, Range(1, 31, odd=True)] = 3
     free_bits: Annotated[float, Range(0, 10**6)] = 10.0  # nats of total KL per image that cost nothing (the course: 10)
     # Groups of latent dimensions (contiguous, equal size) that each get free_bits / groups nats
