@@ -45,6 +45,7 @@ DATASET = "fashion-mnist-binary"
 VARIANTS: dict[str, tuple[str, dict]] = {
     "default": ("pixelvae", {}),
     # the decoder's reach (rows above, columns either side of a pixel): 11 at the default 8 layers
+    "layers4": ("pixelvae", {"n_layers": 4}),  # reach 7
     "layers2": ("pixelvae", {"n_layers": 2}),  # reach 5
     "layers1": ("pixelvae", {"n_layers": 1}),  # reach 4: the first 7x7 layer alone
     "fb_per_dim": ("pixelvae", {"free_bits_groups": 16}),  # 10 / 16 nats floor on each dimension
