@@ -48,6 +48,14 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "layers4": ("pixelvae", {"n_layers": 4}),  # reach 7
     "layers2": ("pixelvae", {"n_layers": 2}),  # reach 5
     "layers1": ("pixelvae", {"n_layers": 1}),  # reach 4: the first 7x7 layer alone
+    "reach3": ("pixelvae", {"n_layers": 2, "first_kernel": 3}),  # reach 3: a 3x3 first layer and one more
+    # the floor itself: none (the plain ELBO), and twice the course's, on the cheap two-layer decoder
+    "layers2_fb0": ("pixelvae", {"n_layers": 2, "free_bits": 0.0}),
+    "layers2_fb20": ("pixelvae", {"n_layers": 2, "free_bits": 20.0}),
+    # the decoder's input pixels hidden at random while training (word dropout), so it leans on z
+    "dropout30": ("pixelvae", {"input_dropout": 0.3}),
+    "layers2_dropout30": ("pixelvae", {"n_layers": 2, "input_dropout": 0.3}),
+    "layers2_dropout60": ("pixelvae", {"n_layers": 2, "input_dropout": 0.6}),
     "fb_per_dim": ("pixelvae", {"free_bits_groups": 16}),  # 10 / 16 nats floor on each dimension
     "layers2_fb_per_dim": ("pixelvae", {"n_layers": 2, "free_bits_groups": 16}),
     "layers1_fb_per_dim": ("pixelvae", {"n_layers": 1, "free_bits_groups": 16}),
@@ -112,8 +120,37 @@ def collect(args: argparse.Namespace) -> None:
     report = {"what": __doc__.split("\n\n")[0].replace("\n", " "), "dataset": DATASET, "machine": cpu(),
               "variants": rows}
     Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    shown = [n for n in args.show or rows if n in rows and rows[n]["eval"] is not None]
+    if shown:
+        print("samples side by side ->", side_by_side({n: rows[n] for n in shown}, pictures,
+                                                      Path(args.out).with_suffix(".png")))
     print(f"{len(rows)} variants -> {args.out}")
     print(table(rows))
+
+
+def side_by_side(rows: dict, pictures: Path, path: Path) -> Path:
+    """One figure: each row's samples.png (as `collect` copied it) in a panel titled with its
+    numbers, so the eye and the numbers can be read together."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = min(3, len(rows))
+    lines = -(-len(rows) // cols)
+    fig, axes = plt.subplots(lines, cols, figsize=(5.2 * cols, 6.0 * lines), squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.axis("off")
+    for ax, (name, r) in zip(axes.flat, rows.items()):
+        t, e = r["test"], r["eval"]
+        kl = f"KL {t['kl_loss']:.1f}, " if "kl_loss" in t else ""
+        ax.imshow(plt.imread(pictures / f"{name}_samples.png"), interpolation="nearest")
+        ax.set_title(f"{name}\n{kl}nll {e['nll']:.1f}, fd {e['fd']:.1f} (N {e['samples']})", fontsize=13)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def row(folder: Path, picture_to: Path) -> dict | None:
@@ -166,6 +203,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--k", type=int, default=10, help="importance samples per test image (the PixelVAE's nll)")
     p.add_argument("--eval-limit", type=int, default=100, help="test images whose nll is measured")
+    p.add_argument("--show", nargs="*", help="for collect: the variants side by side in the .png (default: all)")
     p.add_argument("--samples", type=int, default=100, help="samples for samples.png and fd/precision/recall")
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")

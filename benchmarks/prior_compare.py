@@ -32,6 +32,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 from dataclasses import asdict, replace
@@ -140,12 +141,13 @@ def side_by_side(drawn: dict, path: Path, dataset: str) -> Path:
     return path
 
 
-def decoded_quality(prior, vqvae, shape: tuple[int, int], scoring: dict, n: int, batch: int = 100) -> dict:
+def decoded_quality(prior, vqvae, shape: tuple[int, int], scoring: dict, n: int, batch: int = 100,
+                    seed: int = 1) -> dict:
     """fd, precision and recall of n grids drawn from `prior` and decoded by `vqvae`, against the
     first n test images, with the dataset classifier's accuracy and the seconds it took."""
     data, clf, accuracy = scoring["data"], scoring["classifier"], scoring["accuracy"]
     start = time.perf_counter()
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     with torch.no_grad():
         fake = torch.cat([quality.as_stored(vqvae.decode(prior.sample(min(batch, n - i), shape)),
                                             data.info.kind, data.info.shape) for i in range(0, n, batch)])
@@ -192,6 +194,9 @@ def main() -> None:
                         help="take the VQ-VAE of this `lvm run vqvae` checkpoint instead of training one")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of every prior")
     parser.add_argument("--samples", type=int, default=500, help="samples scored by fd/precision/recall (0: none)")
+    parser.add_argument("--sample-seeds", type=int, default=1,
+                        help="score samples drawn with seeds 1..S; S > 1 adds each seed's fd, their mean and sd "
+                             "(the FD's noise from the draw alone)")
     parser.add_argument("--priors", nargs="+", default=["pixelcnn", "gated", "transformer"])
     parser.add_argument("--codes", default="/tmp/lvm-prior-compare-codes.pt")
     parser.add_argument("--out", default=None, help="default: figures/vqvae/priors-compare-DATASET.json")
@@ -249,6 +254,12 @@ def main() -> None:
         }
         if vqvae is not None and args.samples:
             report["priors"][spec].update(decoded_quality(model, vqvae, shape, scoring, args.samples))
+            if args.sample_seeds > 1:  # seed 1 is the row above; the others only for the spread
+                fds = [report["priors"][spec]["fd"]] + [
+                    decoded_quality(model, vqvae, shape, scoring, args.samples, seed=s)["fd"]
+                    for s in range(2, args.sample_seeds + 1)]
+                report["priors"][spec].update({"fd_by_seed": [round(f, 2) for f in fds],
+                                               "fd_mean": statistics.mean(fds), "fd_sd": statistics.stdev(fds)})
         print(spec, report["priors"][spec], flush=True)
         out.write_text(json.dumps(report, indent=2, default=list) + "\n")  # after each prior: partial runs count
     if drawn and not args.append:  # the figure shows the priors of one call side by side

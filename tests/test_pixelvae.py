@@ -161,6 +161,30 @@ def test_free_bits_groups_must_divide_the_latent():
     configs.check(PixelVAEConfig(latent_dim=16, free_bits_groups=16))
 
 
+def test_input_dropout_hides_pixels_from_the_decoder_only_while_training():
+    H, W = 8, 8
+    torch.manual_seed(0)
+    x = (torch.rand(6, 1, H, W) > 0.5).to(torch.uint8)
+    z = torch.randn(6, 4)
+    plain, dropped = tiny(H, W), tiny(H, W, input_dropout=0.5)
+    dropped.load_state_dict(plain.state_dict())
+    plain.train(), dropped.train()
+    # the training logits differ: the decoder reads some pixels as 0, neither level
+    assert not torch.allclose(dropped.logits(x, z), plain.logits(x, z))
+    inputs = []
+    hook = dropped.decoder.layers[0].register_forward_pre_hook(lambda m, args: inputs.append(args[0]))
+    dropped.logits(x, z)
+    hook.remove()
+    seen = inputs[0]  # (B, 1, H, W): what the first layer read
+    hidden = seen == 0
+    assert 0.3 < hidden.float().mean() < 0.7  # about half, at 0.5
+    assert torch.equal(seen[~hidden], (2 * x.float() - 1)[~hidden])  # the rest as they are
+    # in evaluation (test loss, likelihood, sampling) nothing is hidden: the same model as without
+    plain.eval(), dropped.eval()
+    assert torch.equal(dropped.logits(x, z), plain.logits(x, z))
+    assert torch.equal(dropped.log_weights(x, 3).isfinite(), torch.ones(3, 6, dtype=torch.bool))
+
+
 def test_recon_is_bernoulli_nats_summed_over_pixels():
     model = tiny()
     x = torch.randint(0, 2, (3, 1, 12, 12)).to(torch.uint8)

@@ -73,6 +73,10 @@ class PixelVAEConfig:
     # of their own: 1 is the course's floor on the total; latent_dim puts a floor on every
     # dimension, so the decoder cannot spend the whole allowance on one or two of them.
     free_bits_groups: Annotated[int, Range(1, 4096)] = 1
+    # While training, the share of the decoder's input pixels hidden from it (set to 0, halfway
+    # between the two levels -1 and 1), so that it must take more of each image from z (Bowman
+    # et al. 2016's word dropout). 0, the course's, hides none; evaluation and sampling never hide.
+    input_dropout: Annotated[float, Range(0, 0.99)] = 0.0
     autoregressive: bool = True  # False: a factorised Bernoulli decoder, the plain VAE
 
     RULES: ClassVar = (Rule(lambda c: c.latent_dim % c.free_bits_groups == 0,
@@ -173,7 +177,10 @@ class PixelVAE(nn.Module):
         m = self.latent_map(z)  # (B, M, H, W)
         if not self.cfg.autoregressive:
             return self.decoder(m)  # (B, 1, H, W): x is not looked at
-        return self.decoder(2 * x.float() - 1, m)
+        seen = 2 * x.float() - 1  # (B, 1, H, W) in {-1, 1}
+        if self.training and self.cfg.input_dropout:  # hidden pixels read 0: neither level
+            seen = seen * (torch.rand_like(seen) >= self.cfg.input_dropout)
+        return self.decoder(seen, m)
 
     def loss(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """recon + max(KL, free_bits) per image (per group: `free_bits_kl`), averaged over the
