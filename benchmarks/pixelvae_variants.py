@@ -32,11 +32,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from lvm import registry
-from lvm.engine import quality
 from lvm.blocks.scaling import picture
+from lvm.engine.evaluate import score_samples
 from lvm.engine.pipeline import train_row
 from lvm.engine.plotting import save_image_grid
 
@@ -83,10 +81,7 @@ def scored_samples(n: int):
         x = model.sample(n)  # (n, C, H, W)
         seconds = time.perf_counter() - start
         save_image_grid(picture(x, data.info.kind), out / "samples.png", f"{title}: {n} samples")
-        clf, accuracy = quality.classifier(data.info.name)
-        fake = quality.as_stored(x, data.info.kind, data.info.shape)
-        return {"sample_quality": {**quality.sample_quality(clf, fake, data.test[:n]),
-                                   "classifier_accuracy": accuracy, "sample_seconds": round(seconds, 1)}}
+        return {"sample_quality": {**score_samples(x, data, download=False), "sample_seconds": round(seconds, 1)}}
 
     return draw
 

@@ -6,7 +6,7 @@ layer: the features carry the colour, but at a tiny scale.
 
     OMP_NUM_THREADS=1 python benchmarks/vae_colour_signal.py 100 > figures/colour/signal-scale.txt
 """
-import sys, time, torch
+import sys, torch
 from lvm.blocks.scaling import to_unit
 from lvm.engine.data import load
 from lvm.vae.model import VAE, VAEConfig

@@ -159,6 +159,9 @@ def test_free_bits_groups_must_divide_the_latent():
     with pytest.raises(UserError, match="free_bits_groups must divide latent_dim"):
         configs.check(PixelVAEConfig(latent_dim=16, free_bits_groups=3))
     configs.check(PixelVAEConfig(latent_dim=16, free_bits_groups=16))
+    # built from Python without `check` (as the course's notebooks do), the model refuses it too
+    with pytest.raises(ValueError, match="free_bits_groups must divide latent_dim"):
+        PixelVAE(PixelVAEConfig(latent_dim=16, free_bits_groups=3))
 
 
 def test_input_dropout_hides_pixels_from_the_decoder_only_while_training():

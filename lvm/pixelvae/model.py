@@ -50,7 +50,7 @@ from torch import nn
 
 from lvm.blocks.distributions import gaussian_kl, gaussian_log_prob, reparameterize, standard_normal_log_prob
 from lvm.blocks.masked import GatedLayer, at_window, gated_reach, raster_fill
-from lvm.engine.config import Range, Rule
+from lvm.engine.config import Range, Rule, broken_rules
 
 
 @dataclass
@@ -158,8 +158,8 @@ class PixelVAE(nn.Module):
         super().__init__()
         if cfg.shape[0] != 1:
             raise ValueError(f"PixelVAE models one binary channel, got shape {cfg.shape}")
-        if cfg.latent_dim % cfg.free_bits_groups:
-            raise ValueError(f"free_bits_groups={cfg.free_bits_groups} must divide latent_dim={cfg.latent_dim}")
+        if broken := broken_rules(cfg):
+            raise ValueError(f"{type(cfg).__name__}: {'; '.join(broken)}")
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.latent_map = LatentMap(cfg)
