@@ -42,6 +42,7 @@ import torch
 
 from lvm.engine import data as datasets
 from lvm.engine import quality
+from lvm.engine.evaluate import score_samples
 from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae.model import make_prior
 from lvm.vqvae import codebook_usage, encode_all
@@ -149,10 +150,8 @@ def decoded_quality(prior, vqvae, shape: tuple[int, int], scoring: dict, n: int,
     start = time.perf_counter()
     torch.manual_seed(seed)
     with torch.no_grad():
-        fake = torch.cat([quality.as_stored(vqvae.decode(prior.sample(min(batch, n - i), shape)),
-                                            data.info.kind, data.info.shape) for i in range(0, n, batch)])
-    scores = quality.sample_quality(clf, fake, data.test[:n])
-    return {**scores, "classifier_accuracy": accuracy, "quality_seconds": round(time.perf_counter() - start, 1)}
+        fake = torch.cat([vqvae.decode(prior.sample(min(batch, n - i), shape)) for i in range(0, n, batch)])
+    return {**score_samples(fake, data, (clf, accuracy)), "quality_seconds": round(time.perf_counter() - start, 1)}
 
 
 def scorer(dataset: str, n: int) -> dict:

@@ -111,18 +111,21 @@ def sample_metrics(model: nn.Module, data: Data, n: int, data_dir: str | Path | 
     images, in the features of the dataset's classifier (trained and cached on first use), with
     that classifier's test accuracy. Samples are drawn in batches of `batch`; `download` lets a
     classifier trained on first use fetch a missing label file."""
+    classifier = quality.classifier(data.info.name, data_dir, download=download)  # before sampling: fails first
     n = min(n, len(data.test))
     model.eval()
     start = time.perf_counter()
     fake = torch.cat([model.sample(min(batch, n - i)) for i in range(0, n, batch)])
     seconds = time.perf_counter() - start
-    return {**score_samples(fake, data, data_dir, download=download), "sample_seconds": round(seconds, 1)}
+    return {**score_samples(fake, data, classifier), "sample_seconds": round(seconds, 1)}
 
 
-def score_samples(x: torch.Tensor, data: Data, data_dir: str | Path | None = None, download: bool = True) -> dict[str, Any]:
+def score_samples(x: torch.Tensor, data: Data, classifier: tuple[nn.Module, float] | None = None,
+                  data_dir: str | Path | None = None, download: bool = True) -> dict[str, Any]:
     """fd, precision and recall of samples x (N, C, H, W), as the model gives them, against the
-    first N test images, in the dataset classifier's features, with its test accuracy."""
-    clf, acc = quality.classifier(data.info.name, data_dir, download=download)
+    first N test images, in the dataset classifier's features, with its test accuracy;
+    `classifier` is (model, accuracy) as `quality.classifier` gives it, read here if not given."""
+    clf, acc = classifier or quality.classifier(data.info.name, data_dir, download=download)
     fake = quality.as_stored(x, data.info.kind, data.info.shape)
     return {**quality.sample_quality(clf, fake, data.test[:len(fake)]), "classifier_accuracy": acc}
 
