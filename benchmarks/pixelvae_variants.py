@@ -47,6 +47,12 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "layers2": ("pixelvae", {"n_layers": 2}),  # reach 5
     "layers1": ("pixelvae", {"n_layers": 1}),  # reach 4: the first 7x7 layer alone
     "reach3": ("pixelvae", {"n_layers": 2, "first_kernel": 3}),  # reach 3: a 3x3 first layer and one more
+    "reach2": ("pixelvae", {"n_layers": 1, "first_kernel": 3}),  # reach 2: one 3x3 gated layer
+    "fb0": ("pixelvae", {"free_bits": 0.0}),  # the course's decoder, the plain ELBO
+    "fb5": ("pixelvae", {"free_bits": 5.0}),  # the course's decoder, half the course's floor
+    "reach2_fb0": ("pixelvae", {"n_layers": 1, "first_kernel": 3, "free_bits": 0.0}),
+    "reach2_fb5": ("pixelvae", {"n_layers": 1, "first_kernel": 3, "free_bits": 5.0}),
+    "reach3_kl_warmup200": ("pixelvae", {"n_layers": 2, "first_kernel": 3, "kl_warmup": 200}),
     # the floor itself: none (the plain ELBO), and twice the course's, on the cheap two-layer decoder
     "layers2_fb0": ("pixelvae", {"n_layers": 2, "free_bits": 0.0}),
     "layers2_fb20": ("pixelvae", {"n_layers": 2, "free_bits": 20.0}),
@@ -57,6 +63,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fb_per_dim": ("pixelvae", {"free_bits_groups": 16}),  # 10 / 16 nats floor on each dimension
     "layers2_fb_per_dim": ("pixelvae", {"n_layers": 2, "free_bits_groups": 16}),
     "layers1_fb_per_dim": ("pixelvae", {"n_layers": 1, "free_bits_groups": 16}),
+    # a KL warm-up: the KL term's weight rises from ~0 to 1 over the first 100 or 200 steps
+    "kl_warmup100": ("pixelvae", {"kl_warmup": 100}),
+    "kl_warmup200": ("pixelvae", {"kl_warmup": 200}),
     "vae": ("pixelvae", {"autoregressive": False}),  # the factorised decoder: the plain VAE
     "pixelcnn": ("pixelcnn", {}),  # the plain PixelCNN at its default size, no latent
     # the plain PixelCNN at the size of its results row (docs/results.md): a third of the default's

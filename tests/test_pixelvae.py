@@ -188,6 +188,35 @@ def test_input_dropout_hides_pixels_from_the_decoder_only_while_training():
     assert torch.equal(dropped.log_weights(x, 3).isfinite(), torch.ones(3, 6, dtype=torch.bool))
 
 
+def test_kl_warmup_weighs_the_kl_term_by_the_step_while_training_only_and_resumes():
+    H, W, warmup = 8, 8, 4
+    x = (torch.rand(5, 1, H, W, generator=torch.Generator().manual_seed(0)) > 0.5).to(torch.uint8)
+    plain, warm = tiny(H, W, free_bits=0.0), tiny(H, W, free_bits=0.0, kl_warmup=warmup)
+    warm.load_state_dict({**plain.state_dict(), "kl_steps": torch.tensor(0)})
+
+    def terms(model):
+        torch.manual_seed(1)  # the same z for both models
+        return model.loss(x)
+
+    for step in range(1, warmup + 3):  # the weight rises to 1 over `warmup` steps, then stays
+        a, b = terms(plain), terms(warm)
+        weight = min(step / warmup, 1.0)
+        assert torch.allclose(b["loss"], a["recon_loss"] + weight * a["kl_loss"], atol=1e-5)
+        assert torch.equal(b["neg_elbo"], a["neg_elbo"])  # the reported bound is the true one
+    assert int(warm.kl_steps) == warmup + 2
+    # evaluation weighs the KL 1 and counts no step
+    warm.eval(), plain.eval()
+    assert torch.allclose(terms(warm)["loss"], terms(plain)["loss"]) and int(warm.kl_steps) == warmup + 2
+    # the step is saved with the model: a resumed run goes on where it stopped
+    again = tiny(H, W, free_bits=0.0, kl_warmup=2 * warmup)
+    again.load_state_dict(warm.state_dict())
+    again.train(), plain.train()
+    a, b = terms(plain), terms(again)
+    assert torch.allclose(b["loss"], a["recon_loss"] + (warmup + 3) / (2 * warmup) * a["kl_loss"], atol=1e-5)
+    # the course's model (no warm-up) has no such state: its checkpoints stay as they were
+    assert "kl_steps" not in plain.state_dict()
+
+
 def test_recon_is_bernoulli_nats_summed_over_pixels():
     model = tiny()
     x = torch.randint(0, 2, (3, 1, 12, 12)).to(torch.uint8)

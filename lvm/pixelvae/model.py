@@ -77,6 +77,11 @@ class PixelVAEConfig:
     # between the two levels -1 and 1), so that it must take more of each image from z (Bowman
     # et al. 2016's word dropout). 0, the course's, hides none; evaluation and sampling never hide.
     input_dropout: Annotated[float, Range(0, 0.99)] = 0.0
+    # Training steps over which the KL term's weight rises linearly from 1/kl_warmup to 1 (a KL
+    # warm-up, Bowman et al. 2016; Sønderby et al. 2016): early on z may carry more than the floor
+    # at little cost, while the decoder learns to read it. 0, the course's, weighs it 1 throughout;
+    # evaluation always weighs it 1, so the -ELBO reported is the true bound.
+    kl_warmup: Annotated[int, Range(0, 10**7)] = 0
     autoregressive: bool = True  # False: a factorised Bernoulli decoder, the plain VAE
 
     RULES: ClassVar = (Rule(lambda c: c.latent_dim % c.free_bits_groups == 0,
@@ -167,6 +172,8 @@ class PixelVAE(nn.Module):
             self.decoder = PixelDecoder(cfg)
         else:  # the plain VAE: the course's conv decoder ending in one logit per pixel
             self.decoder = nn.Conv2d(cfg.map_widths[-1], 1, 3, 1, 1)
+        if cfg.kl_warmup:  # the training steps taken, saved with the model so a resumed run goes on
+            self.register_buffer("kl_steps", torch.zeros((), dtype=torch.long))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """0/1 images (B, 1, H, W) -> (mu, log_std) of q(z|x), each (B, L)."""
@@ -191,9 +198,17 @@ class PixelVAE(nn.Module):
         logits = self.logits(x, z).float()  # (B, 1, H, W)
         recon = F.binary_cross_entropy_with_logits(logits, x.float(), reduction="none").flatten(1).sum(1)  # (B,)
         kl = gaussian_kl(mu, log_std)  # (B,)
-        loss = recon + self.free_bits_kl(mu, log_std, kl)  # (B,)
+        loss = recon + self.kl_weight() * self.free_bits_kl(mu, log_std, kl)  # (B,)
         # neg_elbo is the true -ELBO (recon + KL): the free-bits floor is only in what is minimised
         return {"loss": loss.mean(), "neg_elbo": (recon + kl).mean(), "recon_loss": recon.mean(), "kl_loss": kl.mean()}
+
+    def kl_weight(self) -> float | torch.Tensor:
+        """The KL term's weight in this call of `loss`: 1, except while training within the first
+        `kl_warmup` steps, where it is step / kl_warmup (1-based) and the step is counted."""
+        if not (self.cfg.kl_warmup and self.training):
+            return 1.0
+        self.kl_steps += 1
+        return (self.kl_steps.float() / self.cfg.kl_warmup).clamp(max=1.0)
 
     def free_bits_kl(self, mu: torch.Tensor, log_std: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
         """The KL term that is minimised, (B,): sum over groups j of max(KL_j(x), free_bits / G),
