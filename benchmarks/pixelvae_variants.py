@@ -52,7 +52,6 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "fb5": ("pixelvae", {"free_bits": 5.0}),  # the course's decoder, half the course's floor
     "reach2_fb0": ("pixelvae", {"n_layers": 1, "first_kernel": 3, "free_bits": 0.0}),
     "reach2_fb5": ("pixelvae", {"n_layers": 1, "first_kernel": 3, "free_bits": 5.0}),
-    "reach3_kl_warmup200": ("pixelvae", {"n_layers": 2, "first_kernel": 3, "kl_warmup": 200}),
     # the floor itself: none (the plain ELBO), and twice the course's, on the cheap two-layer decoder
     "layers2_fb0": ("pixelvae", {"n_layers": 2, "free_bits": 0.0}),
     "layers2_fb20": ("pixelvae", {"n_layers": 2, "free_bits": 20.0}),
