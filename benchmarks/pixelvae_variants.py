@@ -6,7 +6,7 @@ Each variant is an ordinary `lvm run` row (`lvm.engine.pipeline.train_row`: the 
 trainer, seed, checkpoint and metrics.json as `python -m lvm run MODEL -o ...` at that budget);
 only what happens after training differs, to keep a row to a few CPU minutes: no reconstruction
 grid, the likelihood on the first `--eval-limit` test images (k importance samples for the
-PixelVAE, exact for the PixelCNN), and `--samples` samples drawn once (seed 0) that are both
+PixelVAE, exact for the PixelCNN), and `--samples` samples drawn once (seeded) that are both
 samples.png and the images whose fd, precision and recall are measured against as many test
 images (the dataset's cached classifier, `lvm.engine.quality`; FD falls with N: compare at equal
 N only).
@@ -102,12 +102,12 @@ def run(name: str, args: argparse.Namespace) -> None:
     load = os.getloadavg()[0]  # other work on the machine slows a row: its seconds say so only with this
     metrics = train_row(spec, DATASET, out=Path(args.runs) / name, train_limit=args.train_limit,
                         test_limit=args.test_limit, overrides=overrides, overwrite=True, download=False,
-                        epochs=args.epochs, device="cpu", cpu_threads=1, seed=0)
+                        epochs=args.epochs, device="cpu", cpu_threads=1, seed=args.seed)
     sets = " ".join(f"-o {k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in overrides.items())
     metrics["variant_of_script"] = {
         "name": name, "overrides": overrides, "load_average_1min": [load, os.getloadavg()[0]], "command": "python " + shlex.join(sys.argv),
         "lvm_run": (f"python -m lvm run {model} --dataset {DATASET} --train-limit {args.train_limit} "
-                    f"--test-limit {args.test_limit} --epochs {args.epochs} {sets}").strip(),
+                    f"--test-limit {args.test_limit} --epochs {args.epochs} --seed {args.seed} {sets}").strip(),
     }
     (Path(metrics.pop("out")) / "variant.json").write_text(json.dumps(metrics, indent=1))
     print(name, json.dumps({"test": metrics["test"], "eval": metrics["eval"], "seconds": metrics["seconds"],
@@ -204,6 +204,7 @@ def main() -> None:
     p.add_argument("--train-limit", type=int, default=5000)
     p.add_argument("--test-limit", type=int, default=500)
     p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0, help="for run: the rows' seed (data order, initialisation, samples)")
     p.add_argument("--k", type=int, default=10, help="importance samples per test image (the PixelVAE's nll)")
     p.add_argument("--eval-limit", type=int, default=100, help="test images whose nll is measured")
     p.add_argument("--show", nargs="*", help="for collect: the variants side by side in the .png (default: all)")
