@@ -203,8 +203,8 @@ class PixelVAE(nn.Module):
         return {"loss": loss.mean(), "neg_elbo": (recon + kl).mean(), "recon_loss": recon.mean(), "kl_loss": kl.mean()}
 
     def kl_weight(self) -> float | torch.Tensor:
-        """The KL term's weight in this call of `loss`: 1, except while training within the first
-        `kl_warmup` steps, where it is step / kl_warmup (1-based) and the step is counted."""
+        """The KL term's weight in this call of `loss`: 1 in evaluation and without a warm-up; while
+        training with one, every call counts a step and weighs min(step / kl_warmup, 1), 1-based."""
         if not (self.cfg.kl_warmup and self.training):
             return 1.0
         self.kl_steps += 1
