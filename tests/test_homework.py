@@ -429,6 +429,29 @@ def test_reference_solutions_are_bit_identical_run_to_run(question, function):
     assert r.passed, [c.message for c in r.checks if not c.ok]
 
 
+@needs("lvm.pixelvae")
+def test_q4b_reference_trains_with_the_courses_free_bits_floor(monkeypatch):
+    """lvm's PixelVAE defaults to no floor (the plain ELBO); the course's Q4b, and so its
+    reference solution, keeps the course's 10 nats."""
+    import lvm.pixelvae.model as pixelvae
+
+    built = []
+
+    class Built(Exception):
+        pass
+
+    def capture(cfg):
+        built.append(cfg)
+        raise Built
+
+    monkeypatch.setattr(pixelvae, "PixelVAE", capture)
+    inputs = QUESTIONS["q4b"].inputs(256)
+    for budget in ("course", "tiny"):
+        with pytest.raises(Built):
+            solutions.q4_b(inputs["train"], inputs["test"], budget=budget)
+    assert [cfg.free_bits for cfg in built] == [10.0, 10.0] and pixelvae.PixelVAEConfig().free_bits == 0.0
+
+
 def test_course_style_q1_passes_with_a_note(tmp_path):
     path = write_solution(tmp_path, """
         import numpy as np

@@ -88,7 +88,7 @@ def test_windowed_pass_gives_the_same_logits_as_the_whole_image():
 def test_free_bits_clamp_the_total_kl_of_each_image():
     # Two images: one whose posterior carries 0.5 nats (under the floor), one with ~40 nats.
     # Under the floor the KL adds a constant (free_bits) and no gradient; above, its full gradient.
-    model = tiny()
+    model = tiny(free_bits=10.0)  # the course's floor (lvm's default is 0, the plain ELBO)
     x = torch.randint(0, 2, (2, 1, 12, 12)).to(torch.uint8)
     mu = torch.tensor([[1.0, 0, 0, 0], [4.0, 4.0, 4.0, 4.0]], requires_grad=True)  # KL 0.5, 32
     log_std = torch.full((2, 4), -0.5, requires_grad=True)
@@ -111,11 +111,18 @@ def test_free_bits_clamp_the_total_kl_of_each_image():
     assert torch.allclose(g_total[0], g_recon[0])  # under the floor: KL gives no gradient
     assert torch.allclose(g_total[1] - g_recon[1], mu[1].detach() / 2)  # d KL/d mu = mu, / batch
 
+    plain = tiny()  # the default, no floor: what is minimised is the -ELBO itself
+    plain.load_state_dict(model.state_dict())
+    plain.encode = model.encode
+    torch.manual_seed(0)
+    terms = plain.loss(x)
+    assert torch.allclose(terms["loss"], terms["recon_loss"] + kl.mean())
+
 
 def test_free_bits_per_dimension_floor_each_dimension_of_each_image():
     # free_bits_groups = latent_dim = 4: a floor of 10 / 4 = 2.5 nats on each dimension's KL.
     # Dimension 0 carries 4.5 nats (above: full gradient), dimension 1 0.125 (below: none).
-    model = tiny(free_bits_groups=4)
+    model = tiny(free_bits=10.0, free_bits_groups=4)
     x = torch.randint(0, 2, (1, 1, 12, 12)).to(torch.uint8)
     mu = torch.tensor([[3.0, 0.5, 0.0, 0.0]], requires_grad=True)  # KL_j = mu_j^2 / 2 at sigma = 1
     log_std = torch.zeros(1, 4, requires_grad=True)
@@ -135,7 +142,7 @@ def test_free_bits_per_dimension_floor_each_dimension_of_each_image():
     assert torch.allclose(g_kl[0, 0], torch.tensor(3.0))  # above its floor: d KL_0 / d mu_0 = mu_0
     assert torch.all(g_kl[0, 1:] == 0)  # under their floors: no gradient at all
     # with one group the same posterior (4.625 nats in all) sits under the 10-nat floor
-    whole = tiny()
+    whole = tiny(free_bits=10.0)
     whole.load_state_dict(model.state_dict())
     whole.encode = model.encode
     torch.manual_seed(0)
@@ -144,7 +151,7 @@ def test_free_bits_per_dimension_floor_each_dimension_of_each_image():
 
 def test_one_free_bits_group_is_the_course_formula_to_the_last_digit():
     torch.manual_seed(1)
-    model = tiny(free_bits_groups=1)
+    model = tiny(free_bits=10.0, free_bits_groups=1)
     x = torch.randint(0, 2, (5, 1, 12, 12)).to(torch.uint8)
     torch.manual_seed(0)
     terms = model.loss(x)
@@ -263,7 +270,8 @@ def test_decoding_is_seeded_keeps_the_mode_and_interpolates():
 
 def test_course_defaults_and_one_channel_only():
     cfg = PixelVAEConfig()
-    assert (cfg.latent_dim, cfg.free_bits, cfg.channels, cfg.n_layers, cfg.shape) == (16, 10.0, 64, 8, (1, 28, 28))
+    assert (cfg.latent_dim, cfg.channels, cfg.n_layers, cfg.shape) == (16, 64, 8, (1, 28, 28))
+    assert cfg.free_bits == 0.0  # ours, the plain ELBO; the course's 10 is `-o free_bits=10`
     with pytest.raises(ValueError):
         PixelVAE(PixelVAEConfig(shape=(3, 28, 28)))
 
@@ -286,7 +294,8 @@ def test_training_lowers_the_test_loss_on_real_data_and_uses_z():
     train, test = binary_28(512, 128)
     assert train.shape[1:] == (1, 28, 28)
     torch.manual_seed(0)
-    model = PixelVAE(PixelVAEConfig(shape=(1, 28, 28), n_layers=2, channels=8,
+    # the course's floor: at 32 steps, with none, z stays near the prior (KL 0.04 at seed 0)
+    model = PixelVAE(PixelVAEConfig(shape=(1, 28, 28), n_layers=2, channels=8, free_bits=10.0,
                                     enc_widths=(8, 16, 16), map_widths=(16, 8, 8)))
     cfg = TrainConfig(epochs=2, batch_size=32, lr=3e-3, device="cpu")
     before = evaluate(model, test, 128, torch.device("cpu"))
