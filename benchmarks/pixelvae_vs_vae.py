@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--channels", type=int, default=PixelVAEConfig.channels)
     p.add_argument("--n-layers", type=int, default=PixelVAEConfig.n_layers)
+    p.add_argument("--free-bits", type=float, default=10.0,
+                   help="the floor of both models (default: the course's 10, what the committed JSON ran; lvm's is 0)")
     p.add_argument("--out", type=Path, default=Path("figures/pixelvae/vs_vae-fashion-mnist-binary.json"))
     args = p.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -70,7 +72,7 @@ def main() -> None:
     runs = {}
     for name, autoregressive in (("pixelvae", True), ("vae", False)):
         mcfg = PixelVAEConfig(shape=tuple(train.shape[1:]), channels=args.channels, n_layers=args.n_layers,
-                              autoregressive=autoregressive)
+                              free_bits=args.free_bits, autoregressive=autoregressive)
         torch.manual_seed(args.seed)
         model = PixelVAE(mcfg)
         start = time.perf_counter()
