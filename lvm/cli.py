@@ -191,6 +191,8 @@ def run(model, dataset, overrides, epochs, batch_size, lr, seed, device, amp, da
         return
     click.echo(pipeline.final_line(spec, metrics["test"], metrics["config"]["model"]))
     click.echo(f"{metrics['seconds']:.0f} s on {metrics['device']}; wrote {metrics['out']}/")
+    if note := metrics.get("eval", {}).get("samples_skipped"):
+        click.echo(f"note: {note}")
 
 
 @cli.command()

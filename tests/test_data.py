@@ -536,6 +536,24 @@ def test_end_of_run_evaluation_keeps_downloads_off(tmp_path, monkeypatch):
     assert fetched  # the same call with downloads on does ask
 
 
+def test_end_of_run_evaluation_says_why_it_has_no_fd(tmp_path):
+    """A quick trial (`lvm run --train-limit`) scores samples only with a cached classifier; without
+    one its metrics.json says why fd is missing and what adds it, and a full run does not."""
+    from lvm import registry
+    from lvm.engine.evaluate import at_end_of_run
+    from lvm.vae import VAE, VAEConfig
+
+    mnist_dir(tmp_path)
+    d = data.load("mnist", tmp_path, download=False)
+    model = VAE(VAEConfig(channels=1, latent_dim=2, enc_widths=(4, 4, 4, 4), dec_widths=(4, 4, 4, 4)))
+    how = registry.get("vae").evaluation
+    quick = at_end_of_run(model, d, how, full_run=False, data_dir=tmp_path, download=False)
+    assert "nll" in quick and "fd" not in quick
+    assert "classifier" in quick["samples_skipped"] and "lvm eval" in quick["samples_skipped"]
+    full = at_end_of_run(model, d, how, full_run=True, data_dir=tmp_path, download=False)
+    assert "nll" in full and "samples_skipped" not in full
+
+
 # ----------------------------------------------------------------------------- the shapes cache
 
 

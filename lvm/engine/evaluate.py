@@ -172,10 +172,13 @@ def at_end_of_run(model: nn.Module, data: Data, how: Evaluation, *, full_run: bo
     if not hasattr(model, has):  # a model (a plugin) that does not speak the contract
         return {}
     samples = how.run_samples if data.info.kind != "points" else 0
+    skipped = {}
     if samples and not (full_run or quality.classifier_path(data.info.name, data_dir).is_file()):
         samples = 0
+        skipped = {"samples_skipped": f"no fd: no cached '{data.info.name}' classifier, and a run with --train-limit "
+                                      f"does not train one; `lvm eval --checkpoint CHECKPOINT` trains it and adds fd"}
     try:
-        return evaluate(model, data, how, k=min(how.k, how.run_k), samples=samples,
+        return skipped | evaluate(model, data, how, k=min(how.k, how.run_k), samples=samples,
                         test_limit=min(how.test_limit or len(data.test), how.run_test_limit),
                         data_dir=data_dir, device=device, download=download)
     except UserError:  # no labels for this dataset's classifier: the likelihood alone
