@@ -190,9 +190,9 @@ def run(model, dataset, overrides, epochs, batch_size, lr, seed, device, amp, da
     if not metrics:  # not the main process of a torchrun job
         return
     click.echo(pipeline.final_line(spec, metrics["test"], metrics["config"]["model"]))
-    click.echo(f"{metrics['seconds']:.0f} s on {metrics['device']}; wrote {metrics['out']}/")
     if note := metrics.get("eval", {}).get("samples_skipped"):
         click.echo(f"note: {note}")
+    click.echo(f"{metrics['seconds']:.0f} s on {metrics['device']}; wrote {metrics['out']}/")  # last: scripts read it
 
 
 @cli.command()
