@@ -536,22 +536,32 @@ def test_end_of_run_evaluation_keeps_downloads_off(tmp_path, monkeypatch):
     assert fetched  # the same call with downloads on does ask
 
 
-def test_end_of_run_evaluation_says_why_it_has_no_fd(tmp_path):
+def test_end_of_run_evaluation_says_why_it_has_no_fd(tmp_path, monkeypatch):
     """A quick trial (`lvm run --train-limit`) scores samples only with a cached classifier; without
-    one its metrics.json says why fd is missing and what adds it, and a full run does not."""
+    one its metrics.json says why fd is missing and what adds it. A full run, or a quick one whose
+    classifier is cached, asks for the samples and says nothing of the kind."""
     from lvm import registry
-    from lvm.engine.evaluate import at_end_of_run
+    from lvm.engine import evaluate as evaluation
+    from lvm.engine import quality
     from lvm.vae import VAE, VAEConfig
 
     mnist_dir(tmp_path)
     d = data.load("mnist", tmp_path, download=False)
     model = VAE(VAEConfig(channels=1, latent_dim=2, enc_widths=(4, 4, 4, 4), dec_widths=(4, 4, 4, 4)))
     how = registry.get("vae").evaluation
-    quick = at_end_of_run(model, d, how, full_run=False, data_dir=tmp_path, download=False)
+    quick = evaluation.at_end_of_run(model, d, how, full_run=False, data_dir=tmp_path, download=False)
     assert "nll" in quick and "fd" not in quick
     assert "classifier" in quick["samples_skipped"] and "lvm eval" in quick["samples_skipped"]
-    full = at_end_of_run(model, d, how, full_run=True, data_dir=tmp_path, download=False)
-    assert "nll" in full and "samples_skipped" not in full
+
+    asked = []  # the samples each call asks `evaluate` for (its scoring is tested on its own)
+    monkeypatch.setattr(evaluation, "evaluate", lambda *a, samples, **kw: asked.append(samples) or {"nll": 1.0})
+    full = evaluation.at_end_of_run(model, d, how, full_run=True, data_dir=tmp_path, download=False)
+    cached = quality.classifier_path("mnist", tmp_path)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"cached")
+    quick_cached = evaluation.at_end_of_run(model, d, how, full_run=False, data_dir=tmp_path, download=False)
+    assert asked == [how.run_samples, how.run_samples] and how.run_samples > 0
+    assert "samples_skipped" not in full and "samples_skipped" not in quick_cached
 
 
 # ----------------------------------------------------------------------------- the shapes cache

@@ -176,11 +176,10 @@ def at_end_of_run(model: nn.Module, data: Data, how: Evaluation, *, full_run: bo
     if samples and not (full_run or quality.classifier_path(data.info.name, data_dir).is_file()):
         samples = 0
         skipped = {"samples_skipped": f"no fd: no cached '{data.info.name}' classifier, and a run with --train-limit "
-                                      f"does not train one; `lvm eval --checkpoint CHECKPOINT` trains it and adds fd"}
+                                      "does not train one; `lvm eval --checkpoint CHECKPOINT` trains it and adds fd"}
+    budget = {"k": min(how.k, how.run_k), "test_limit": min(how.test_limit or len(data.test), how.run_test_limit)}
     try:
-        return skipped | evaluate(model, data, how, k=min(how.k, how.run_k), samples=samples,
-                        test_limit=min(how.test_limit or len(data.test), how.run_test_limit),
-                        data_dir=data_dir, device=device, download=download)
+        return skipped | evaluate(model, data, how, samples=samples, data_dir=data_dir, device=device,
+                                  download=download, **budget)
     except UserError:  # no labels for this dataset's classifier: the likelihood alone
-        return evaluate(model, data, how, k=min(how.k, how.run_k), samples=0,
-                        test_limit=min(how.test_limit or len(data.test), how.run_test_limit), device=device)
+        return evaluate(model, data, how, samples=0, device=device, **budget)
