@@ -121,22 +121,31 @@ def get_codes(args) -> dict:
 
 def side_by_side(drawn: dict, path: Path, dataset: str) -> Path:
     """One figure: each prior's 100 samples (decoded by the same VQ-VAE) in a panel of its own."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from torchvision.utils import make_grid
 
     from lvm.blocks.scaling import from_unit
 
-    fig, axes = plt.subplots(1, len(drawn), figsize=(6.2 * len(drawn), 6.8))
-    for ax, (name, (images, nll, params)) in zip(list(axes) if len(drawn) > 1 else [axes], drawn.items()):
+    shown = {}
+    for name, (images, nll, params) in drawn.items():
         grid = make_grid(from_unit(images.float()), nrow=10, padding=2, pad_value=1.0)  # (C, H, W)
-        ax.imshow(grid.permute(1, 2, 0).numpy(), interpolation="nearest")
-        ax.set_title(f"{name}: {nll:.4f} nats/code, {params / 1e6:.2f} M parameters", fontsize=12)
+        shown[f"{name}: {nll:.4f} nats/code, {params / 1e6:.2f} M parameters"] = grid.permute(1, 2, 0).numpy()
+    return panels(shown, path, f"VQ-VAE on {dataset}: 100 samples from each prior, trained on the same codes")
+
+
+def panels(shown: dict, path: Path, title: str) -> Path:
+    """One figure of images (H, W, C) side by side, each under its own title."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(shown), figsize=(6.2 * len(shown), 6.8))
+    for ax, (name, image) in zip(list(axes) if len(shown) > 1 else [axes], shown.items()):
+        ax.imshow(image, interpolation="nearest")
+        ax.set_title(name, fontsize=12)
         ax.axis("off")
-    fig.suptitle(f"VQ-VAE on {dataset}: 100 samples from each prior, trained on the same codes", fontsize=14)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=14)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))  # room for the title
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path

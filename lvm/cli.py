@@ -209,8 +209,12 @@ def show(model):
     click.echo(f"{model}: {registry.summary(model)}")
     click.echo(f"trains on: {', '.join(spec.kinds)} data [default dataset: {spec.default_dataset}]")
     if len(spec.stages) > 1:
-        click.echo("stages: " + ", then ".join(
-            s.name + (f" ({s.epochs} epochs)" if s.epochs else "") for s in spec.stages))
+        def own(stage) -> str:  # what a stage takes from the model's config rather than the run's budget
+            said = [f"{stage.epochs} epochs"] if stage.epochs else []
+            if stage.train is not None:
+                said.append("by default " + ", ".join(f"{k} {v}" for k, v in stage.train(spec.config()).items()))
+            return f" ({'; '.join(said)})" if said else ""
+        click.echo("stages: " + ", then ".join(s.name + own(s) for s in spec.stages))
     if spec.variants:
         click.echo("variants: " + "; ".join(
             f"{name} ({', '.join(f'{k}={v}' for k, v in change.items())})" for name, change in spec.variants.items()))

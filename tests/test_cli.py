@@ -212,7 +212,8 @@ def test_report_reads_rows_only_under_folders_named_after_models(tmp_path):
 def test_show_lists_every_config_field():
     r = invoke("show", "vqvae")
     assert r.exit_code == 0, r.output
-    for field in ("num_codes", "code_dim", "beta", "ema_decay", "restart_window", "prior", "prior_epochs"):
+    for field in ("num_codes", "code_dim", "beta", "ema_decay", "restart_window", "prior", "prior_epochs",
+                  "prior_lr_schedule", "prior_warmup"):
         assert any(line.split()[:1] == [field] for line in r.output.splitlines()), field
     assert "variants: gated (prior=gated)" in r.output and "(from the data)" in r.output
 

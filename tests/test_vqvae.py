@@ -19,6 +19,7 @@ from lvm import registry
 from lvm.blocks.scaling import to_unit
 from lvm.engine import data as datasets
 from lvm.engine import pipeline as experiment
+from lvm.engine.errors import UserError
 from lvm.engine.train import TrainConfig, fit
 from lvm.vqvae import VQVAE, VQVAEConfig, VectorQuantizer, codebook_usage, encode_all
 from tests.helpers import fashion_mnist_on_disk
@@ -257,6 +258,34 @@ def test_full_run_writes_every_file_and_resumes(tmp_path: Path, stand_in_prior):
         assert again["test"][k] == pytest.approx(test[k], rel=1e-5)
     history = json.loads((tmp_path / "prior_history.json").read_text())
     assert len(history["test"]["loss"]) == 3  # init + 2 epochs, not 5
+
+
+def test_the_prior_trains_at_its_own_schedule_on_a_reused_vqvae(tmp_path: Path, stand_in_prior, monkeypatch):
+    """`-o prior_lr_schedule=cosine -o prior_warmup=N` reaches the prior stage's trainer, and only
+    it: the VQ-VAE keeps the run's constant rate, and a row that changes only the prior's schedule
+    takes another run's finished VQ-VAE as it is and retrains just the prior."""
+    seen: dict[str, list[TrainConfig]] = {}
+    real_fit = experiment.fit
+
+    def spy(model, train, test, cfg, **kw):
+        seen.setdefault(kw["desc"], []).append(cfg)
+        return real_fit(model, train, test, cfg, **kw)
+
+    monkeypatch.setattr(experiment, "fit", spy)
+    kw = dict(train_limit=64, test_limit=32, download=False, epochs=1, batch_size=32)
+    small = {"code_dim": 8, "width": 8, "num_codes": 16, "prior_epochs": 2}
+    plain = experiment.train_row(registry.get("vqvae"), "shapes", out=tmp_path / "plain", overrides=small, **kw)
+    cosine = experiment.train_row(registry.get("vqvae"), "shapes", out=tmp_path / "cosine", reuse=tmp_path / "plain" / "checkpoint.pt",
+                                  overrides={**small, "prior_lr_schedule": "cosine", "prior_warmup": 3}, **kw)
+    vq, prior = seen["vqvae vqvae"], seen["vqvae prior"]
+    assert [(c.lr_schedule, c.warmup, c.epochs) for c in vq] == [("constant", 0, 1)] * 2
+    assert [(c.lr_schedule, c.warmup, c.epochs) for c in prior] == [("constant", 0, 2), ("cosine", 3, 2)]
+    # the VQ-VAE was taken, not trained again: the same codes and numbers; the prior trained anew
+    assert cosine["test"]["loss"] == plain["test"]["loss"] and cosine["test"]["codes_used"] == plain["test"]["codes_used"]
+    assert cosine["config"]["model"]["prior_lr_schedule"] == "cosine" and cosine["test"]["prior_nll"] != plain["test"]["prior_nll"]
+    # a resume cannot change the prior's schedule behind the checkpoint's back
+    with pytest.raises(UserError, match="prior_lr_schedule"):
+        experiment.train_row(registry.get("vqvae"), "shapes", out=tmp_path / "plain", resume=True, overrides={**small, "prior_lr_schedule": "cosine"}, **kw)
 
 
 def test_ema_loss_is_the_course_number_without_codebook_gradient():

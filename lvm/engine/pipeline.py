@@ -134,7 +134,11 @@ def stage_meta(spec: ModelSpec, config: Any, data: Data, index: int) -> dict[str
 
 
 def stage_train_config(stage, config: Any, cfg: TrainConfig) -> TrainConfig:
-    return replace(cfg, epochs=getattr(config, stage.epochs)) if stage.epochs else cfg
+    """The run's budget as this stage trains it: its own epochs and schedule, where it has them."""
+    own = stage.train(config) if stage.train is not None else {}
+    if stage.epochs:
+        own["epochs"] = getattr(config, stage.epochs)
+    return replace(cfg, **own)
 
 
 # ----------------------------------------------------------------------------- training

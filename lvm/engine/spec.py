@@ -73,6 +73,9 @@ class Stage:
     inputs: Callable[[list[nn.Module], Data], Data] | None = None  # trained earlier stages, data -> its data
     fields: tuple[str, ...] = ()  # config fields only this stage reads
     epochs: str = ""  # the config field holding its epochs; "" = the run's --epochs
+    # the model's config -> the TrainConfig fields this stage sets itself (its own lr schedule);
+    # None = the run's. The config fields it reads belong in `fields`
+    train: Callable[[Any], dict[str, Any]] | None = None
     setup: Callable[[nn.Module, Data], None] | None = None  # data-dependent initialisation, before training
     note: str = ""  # printed under its training plot: what a reader of the curves should know
 

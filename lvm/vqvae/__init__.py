@@ -27,6 +27,11 @@ def codes_of(stages: list[VQVAE], data: Data) -> Data:
     return Data(info, encode_all(vqvae, data.train), encode_all(vqvae, data.test))
 
 
+def prior_training(config: VQVAEConfig) -> dict[str, object]:
+    """The prior stage's own schedule (the VQ-VAE trains at the run's)."""
+    return {"lr_schedule": config.prior_lr_schedule, "warmup": config.prior_warmup}
+
+
 def usage(model: VQVAEWithPrior, data: Data) -> dict[str, float]:
     """How much of the codebook the test set's codes use (perplexity, codes used)."""
     return codebook_usage(encode_all(model.vqvae, data.test), model.vqvae.cfg.num_codes)
@@ -50,7 +55,8 @@ MODEL = ModelSpec(
             # the course prints "PixelCNN Prior Test NLL"; the gated and transformer priors say their name
             Term("loss", "prior NLL", "nats per code", metric="prior_nll",
                  course=lambda config: f"{PRIORS[config.get('prior', 'pixelcnn')]} Prior Test NLL"),
-        ), inputs=codes_of, fields=("prior", "prior_epochs"), epochs="prior_epochs"),
+        ), inputs=codes_of, fields=("prior", "prior_epochs", "prior_lr_schedule", "prior_warmup"),
+              epochs="prior_epochs", train=prior_training),
     ),
     kinds=("image",),
     default_dataset="shapes",  # built in; the course used svhn and cifar10

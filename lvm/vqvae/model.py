@@ -75,6 +75,10 @@ class VQVAEConfig:
     # The second stage: a prior over the 8x8 grids of code indices, trained on the training set's codes
     prior: Literal["pixelcnn", "gated", "transformer"] = "pixelcnn"  # PixelCNN (course Q3), Gated PixelCNN (Q4a) or a transformer
     prior_epochs: Annotated[int, Range(1, 100_000)] = 15  # epochs of the prior stage (the course's)
+    # The prior stage's learning-rate schedule: constant (the course's), or cosine decay to 0 over
+    # its epochs after `prior_warmup` steps of linear warm-up (docs/results.md, "Three priors")
+    prior_lr_schedule: Literal["constant", "cosine"] = "constant"
+    prior_warmup: Annotated[int, Range(0, 10**7)] = 0  # steps of linear warm-up of the prior's learning rate
 
 
 class ResBlock(nn.Module):
