@@ -246,7 +246,7 @@ def test_table_checks_every_row_before_the_first_trains(tmp_path, setting):
 def test_show_prints_each_fields_range():
     r = CliRunner().invoke(cli, ["show", "vqvae"])
     assert r.exit_code == 0, r.output
-    assert "num_codes       int [2, 65536]" in r.output and "float or none [0, 1)" in r.output
+    assert re.search(r"^ *num_codes +int \[2, 65536\] ", r.output, re.M) and "float or none [0, 1)" in r.output
 
 
 HAMMER = """
